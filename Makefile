@@ -1,0 +1,50 @@
+# Two commands do all set-up on a fresh machine:
+#   make book   create .venv, install the pinned tool chain and gni_lib, vendor
+#               MathJax, execute every chapter and render HTML into _build/html
+#   make test   the same set-up and build, then the whole test suite
+# Other targets: make bench (ratio benchmarks), make clean.
+
+PYTHON    ?= python3
+VENV      := .venv
+BIN       := $(VENV)/bin
+PY        := $(BIN)/python
+INSTALLED := $(VENV)/.installed
+MATHJAX_VERSION := 3.2.2
+MATHJAX   := book/_vendor/mathjax
+JB_FLAGS  := -W -n --keep-going
+PYTEST_FLAGS ?=
+
+.PHONY: setup book test bench clean
+
+setup: $(INSTALLED) $(MATHJAX)/tex-mml-chtml.js
+
+# The venv is made once; the pinned set and gni_lib (editable) are reinstalled
+# only when requirements.txt or pyproject.toml change.
+$(INSTALLED): requirements.txt pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	@touch $@
+
+# MathJax 3.2.2 from the npm registry, served from the book's own folder so that
+# every page renders its math offline (see _config.yml: html_extra_path).
+$(MATHJAX)/tex-mml-chtml.js:
+	@rm -rf $(MATHJAX) $(MATHJAX).tmp && mkdir -p $(MATHJAX).tmp
+	cd $(MATHJAX).tmp && npm pack --silent mathjax@$(MATHJAX_VERSION) >/dev/null
+	tar -xzf $(MATHJAX).tmp/mathjax-$(MATHJAX_VERSION).tgz -C $(MATHJAX).tmp
+	mv $(MATHJAX).tmp/package/es5 $(MATHJAX) && rm -rf $(MATHJAX).tmp
+	@test -f $@
+
+# Execution results are cached per chapter; book/_ext/gni_build.py throws the
+# cache away whenever gni_lib/, requirements.txt or pyproject.toml change.
+book: setup
+	$(BIN)/jupyter-book build . $(JB_FLAGS)
+
+test: book
+	$(PY) -m pytest tests book --nbval-lax --nbval-current-env $(PYTEST_FLAGS)
+
+bench: setup
+	$(PY) benchmarks/run.py
+
+clean:
+	rm -rf _build
