@@ -56,8 +56,9 @@ def spawn_generators(
 
     Child :math:`i` is seeded with :math:`(\text{seed} \cdot 2^{32} + i) \cdot g
     \bmod 2^{63}` for the odd constant :math:`g = \lfloor 2^{64}/\varphi \rfloor`,
-    so children of different parents and different indices do not collide for
-    parents and counts below :math:`2^{32}`.
+    Multiplication by an odd constant is a bijection modulo :math:`2^{63}`, so
+    no two children collide, across parents too, for parent seeds below
+    :math:`2^{31}` and counts up to :math:`2^{32}`.
 
     Raises:
         TypeError: if ``seed`` or ``count`` is not an integer.
