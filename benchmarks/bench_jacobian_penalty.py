@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from gni_lib.jacobian_penalty import jacobian_penalty
+from gni_lib.penalties import jacobian_penalty
 from gni_lib.models import MLP
 
 CASES = [

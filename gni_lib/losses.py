@@ -1,0 +1,130 @@
+r"""The two losses of the book, with the conventions the regulariser relies on.
+
+Both are averaged over the batch. Their Hessians with respect to the network
+output :math:`\hat y = h_L` are the :math:`H_L` of Camuto et al. (2020), Thm. 1:
+
+- ``"mse"``: :math:`\ell = \tfrac12 \lVert y - \hat y \rVert^2`, so :math:`H_L = I`
+  (eq. 11);
+- ``"ce"``: :math:`\ell = -\log \operatorname{softmax}(\hat y)_y`, so
+  :math:`H_L = \operatorname{diag}(p) - p p^\top` with :math:`p = \operatorname{softmax}(\hat y)`,
+  which does not depend on the label (eq. 13).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["mse_loss", "ce_loss", "get_loss", "LOSSES"]
+
+
+def _check_tensor(value: object, name: str) -> Tensor:
+    if not isinstance(value, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+    return value
+
+
+def _check_pred(pred: object, name: str) -> Tensor:
+    pred = _check_tensor(pred, name)
+    if pred.ndim != 2:
+        raise ValueError(f"{name} must have shape (B, d), got shape {tuple(pred.shape)}")
+    if not pred.is_floating_point():
+        raise ValueError(f"{name} must be a floating-point tensor, got dtype {pred.dtype}")
+    return pred
+
+
+def mse_loss(pred: Tensor, target: Tensor) -> Tensor:
+    r"""Half the squared error, summed over outputs and averaged over the batch.
+
+    .. math::
+
+        L(\hat y, y) = \frac{1}{B} \sum_{b=1}^{B} \tfrac12 \lVert y_b - \hat y_b \rVert_2^2,
+        \qquad H_L = \nabla^2_{\hat y_b}\, \tfrac12 \lVert y_b - \hat y_b \rVert^2 = I.
+
+    The factor :math:`\tfrac12` makes the per-example Hessian with respect to the
+    output the identity, which is the form of the explicit regulariser in
+    Camuto et al. (2020), eq. 11. Note that this is *not* ``F.mse_loss``, which
+    averages over outputs as well and has no :math:`\tfrac12`.
+
+    Args:
+        pred: the network output :math:`\hat y`, shape :math:`(B, d)`.
+        target: :math:`y`, the same shape, dtype and device as ``pred``.
+
+    Returns:
+        Tensor: a scalar, on ``pred``'s device and dtype.
+
+    Raises:
+        TypeError: if an argument is not a tensor.
+        ValueError: if ``pred`` is not a 2-D floating tensor, or ``target`` does not
+            have exactly ``pred``'s shape and dtype (no broadcasting: a
+            :math:`(B,)` target for a :math:`(B, 1)` prediction is an error).
+    """
+    pred = _check_pred(pred, "pred")
+    target = _check_tensor(target, "target")
+    if target.shape != pred.shape:
+        raise ValueError(
+            f"target must have the shape of pred {tuple(pred.shape)}, got {tuple(target.shape)}"
+        )
+    if target.dtype != pred.dtype:
+        raise ValueError(f"target must have pred's dtype {pred.dtype}, got {target.dtype}")
+    return 0.5 * (pred - target).pow(2).sum(dim=1).mean()
+
+
+def ce_loss(logits: Tensor, target: Tensor) -> Tensor:
+    r"""Softmax cross-entropy averaged over the batch.
+
+    .. math::
+
+        L(\hat y, y) = \frac{1}{B} \sum_{b=1}^{B} \Bigl( -\hat y_{b, y_b}
+        + \log \sum_{i=1}^{C} e^{\hat y_{b,i}} \Bigr), \qquad
+        H_L = \operatorname{diag}(p_b) - p_b p_b^\top, \quad p_b = \operatorname{softmax}(\hat y_b).
+
+    :math:`H_L` does not depend on the label :math:`y_b` (Camuto et al. 2020, eq. 13).
+
+    Args:
+        logits: :math:`\hat y`, shape :math:`(B, C)`, floating point.
+        target: class indices :math:`y_b \in \{0, \dots, C-1\}`, shape :math:`(B,)`,
+            dtype ``torch.int64``, on ``logits``' device.
+
+    Returns:
+        Tensor: a scalar, on ``logits``' device and dtype.
+
+    Raises:
+        TypeError: if an argument is not a tensor.
+        ValueError: if ``logits`` is not a 2-D floating tensor, ``target`` is not an
+            int64 tensor of shape :math:`(B,)`, or a class index is out of range.
+    """
+    logits = _check_pred(logits, "logits")
+    target = _check_tensor(target, "target")
+    batch, classes = logits.shape
+    if target.shape != (batch,):
+        raise ValueError(
+            f"target must have shape (B,) = ({batch},) of class indices, got {tuple(target.shape)}"
+        )
+    if target.dtype != torch.int64:
+        raise ValueError(f"target must hold int64 class indices, got dtype {target.dtype}")
+    if batch > 0 and (int(target.min()) < 0 or int(target.max()) >= classes):
+        raise ValueError(
+            f"target must hold class indices in [0, {classes - 1}], got values in "
+            f"[{int(target.min())}, {int(target.max())}]"
+        )
+    return F.cross_entropy(logits, target, reduction="mean")
+
+
+#: The losses by name, as accepted by ``loss=`` arguments across the library.
+LOSSES: dict[str, Callable[[Tensor, Tensor], Tensor]] = {"mse": mse_loss, "ce": ce_loss}
+
+
+def get_loss(name: str) -> Callable[[Tensor, Tensor], Tensor]:
+    r"""Return the loss called ``name``: ``"mse"`` (:func:`mse_loss`) or ``"ce"`` (:func:`ce_loss`).
+
+    Raises:
+        ValueError: if ``name`` is not one of these (the message names ``loss``,
+            the argument this value comes from across the library).
+    """
+    if not isinstance(name, str) or name not in LOSSES:
+        raise ValueError(f"loss must be one of {tuple(LOSSES)}, got {name!r}")
+    return LOSSES[name]

@@ -1,0 +1,246 @@
+r"""Gaussian noise injections: the noise *sites* of a network.
+
+A noise site is a :class:`GaussianNoise` module placed in front of a layer. In
+training mode it perturbs the activation :math:`h_k` that passes through it,
+
+.. math::
+
+    \tilde h_k = h_k + \sigma_k \varepsilon_k \quad \text{(additive)}, \qquad
+    \tilde h_k = h_k \odot (1 + \sigma_k \varepsilon_k) \quad \text{(multiplicative)},
+
+with :math:`\varepsilon_k \sim \mathcal N(0, I)` drawn afresh at every forward
+pass (Camuto et al. 2020, eqs. 1 and 6). Like :class:`torch.nn.Dropout`, a site
+is the identity in ``eval()`` mode, so the clean network is the same module
+switched to ``eval()``.
+
+``sigma`` is always a **standard deviation**, never a variance.
+
+:func:`noise_sites` lists the sites of a model in forward order (for an
+:func:`gni_lib.models.MLP`, site :math:`k` acts on :math:`h_k`), and
+:func:`set_noise` sets their :math:`\sigma_k`.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["GaussianNoise", "noise_sites", "set_noise", "sigma_list", "NOISE_MODES"]
+
+#: The accepted values of ``mode``.
+NOISE_MODES = ("additive", "multiplicative")
+
+
+def _check_sigma(sigma: object, name: str = "sigma") -> float:
+    """Return ``sigma`` as a float, or raise if it is not a finite real >= 0."""
+    if isinstance(sigma, bool) or not isinstance(sigma, numbers.Real):
+        raise TypeError(
+            f"{name} must be a finite real number >= 0 (a standard deviation), "
+            f"got {type(sigma).__name__}"
+        )
+    value = float(sigma)
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(
+            f"{name} must be a finite real number >= 0 (a standard deviation), got {sigma!r}"
+        )
+    return value
+
+
+def _check_mode(mode: object) -> str:
+    if not isinstance(mode, str) or mode not in NOISE_MODES:
+        raise ValueError(f"mode must be one of {NOISE_MODES}, got {mode!r}")
+    return mode
+
+
+def _check_generator_type(generator: object) -> torch.Generator | None:
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(
+            f"generator must be a torch.Generator or None, got {type(generator).__name__}"
+        )
+    return generator
+
+
+def sigma_list(sigma: object, count: int, name: str = "sigma") -> list[float]:
+    r"""Expand ``sigma`` into one standard deviation per noise site.
+
+    Args:
+        sigma: one real :math:`\sigma \ge 0` for every site, or a sequence (list,
+            tuple, 1-D array or tensor) of ``count`` of them.
+        count: the number of sites.
+        name: the argument name used in error messages.
+
+    Returns:
+        list[float]: :math:`[\sigma_0, \dots, \sigma_{\text{count}-1}]`.
+
+    Raises:
+        TypeError: if ``sigma`` is neither a real number nor a sequence of them.
+        ValueError: if a value is negative or not finite, or the sequence does not
+            have ``count`` entries.
+    """
+    if isinstance(sigma, Tensor) or (hasattr(sigma, "tolist") and hasattr(sigma, "ndim")):
+        sigma = sigma.tolist()  # tensor or numpy array -> float or list of floats
+    if isinstance(sigma, numbers.Real) and not isinstance(sigma, bool):
+        return [_check_sigma(sigma, name)] * count
+    if isinstance(sigma, (str, bytes)) or not isinstance(sigma, Sequence):
+        raise TypeError(
+            f"{name} must be a real number >= 0 or a sequence of {count} of them, "
+            f"got {type(sigma).__name__}"
+        )
+    if len(sigma) != count:
+        raise ValueError(
+            f"{name} must be one real number or a sequence of {count} (one per noise site), "
+            f"got a sequence of length {len(sigma)}"
+        )
+    return [_check_sigma(s, f"{name}[{i}]") for i, s in enumerate(sigma)]
+
+
+class GaussianNoise(nn.Module):
+    r"""A noise site: Gaussian noise on the activation passing through it.
+
+    In training mode, for an input :math:`h` of any shape,
+
+    .. math::
+
+        \text{additive:}\quad \tilde h = h + \sigma z, \qquad
+        \text{multiplicative:}\quad \tilde h = h \odot (1 + \sigma z)
+        = h + \sigma\, (h \odot z),
+
+    with :math:`z \sim \mathcal N(0, I)` of the shape of :math:`h`, drawn as
+    ``torch.randn(h.shape, generator=self.generator, device=h.device,
+    dtype=h.dtype)`` at every call. The second form of the multiplicative case is
+    Camuto et al. (2020), eq. 6: multiplicative noise is additive noise scaled by
+    the activation. In ``eval()`` mode, or when :math:`\sigma = 0`, the site is
+    the identity and returns its input object unchanged (no random numbers are
+    drawn).
+
+    Args:
+        sigma: the standard deviation :math:`\sigma \ge 0` (not a variance).
+        mode: ``"additive"`` or ``"multiplicative"``.
+        generator: where :math:`z` is drawn from; ``None`` uses torch's global
+            generator. It must live on the same device type as the activations.
+
+    A :func:`copy.deepcopy` of a site (or of a model holding sites) copies its
+    generator with the generator's current state, so the copy then draws the same
+    noise as the original, from its own stream.
+
+    Attributes:
+        sigma (float): the standard deviation; assigning to it is validated.
+        mode (str): ``"additive"`` or ``"multiplicative"``.
+        generator (torch.Generator | None): the source of the noise.
+
+    Shapes:
+        input :math:`(*)`, output :math:`(*)`, the same shape, dtype and device.
+
+    Raises:
+        TypeError: if ``sigma`` is not a real number, or ``generator`` is not a
+            :class:`torch.Generator` or ``None``.
+        ValueError: if ``sigma`` is negative or not finite, ``mode`` is unknown,
+            or (at the forward pass) ``generator`` draws on a different device
+            type than the input.
+    """
+
+    def __init__(
+        self,
+        sigma: float = 0.0,
+        mode: str = "additive",
+        generator: torch.Generator | None = None,
+    ) -> None:
+        super().__init__()
+        self.sigma = sigma
+        self.mode = mode
+        self.generator = generator
+
+    # Validated attributes: assignment goes through these setters (nn.Module
+    # forwards plain attribute assignment to object.__setattr__, which honours
+    # properties), so `site.sigma = -1` fails as loudly as the constructor.
+    @property
+    def sigma(self) -> float:
+        return self._sigma
+
+    @sigma.setter
+    def sigma(self, value: float) -> None:
+        self._sigma = _check_sigma(value)
+
+    @property
+    def mode(self) -> str:
+        return self._mode
+
+    @mode.setter
+    def mode(self, value: str) -> None:
+        self._mode = _check_mode(value)
+
+    @property
+    def generator(self) -> torch.Generator | None:
+        return self._generator
+
+    @generator.setter
+    def generator(self, value: torch.Generator | None) -> None:
+        self._generator = _check_generator_type(value)
+
+    def forward(self, h: Tensor) -> Tensor:
+        r"""Return :math:`h + \sigma z` or :math:`h (1 + \sigma z)` in training, else :math:`h`.
+
+        Raises:
+            ValueError: if ``self.generator`` draws on another device type than ``h``.
+        """
+        if not self.training or self._sigma == 0.0:
+            return h
+        generator = self._generator
+        if generator is not None and generator.device.type != h.device.type:
+            raise ValueError(
+                f"generator draws on {generator.device.type!r} but the activations are on "
+                f"{h.device.type!r}; give the GaussianNoise a generator made with "
+                f"make_generator(seed, device={h.device.type!r})"
+            )
+        z = torch.randn(h.shape, generator=generator, device=h.device, dtype=h.dtype)
+        if self._mode == "additive":
+            return h + self._sigma * z
+        return h * (1.0 + self._sigma * z)
+
+    def extra_repr(self) -> str:
+        return f"sigma={self._sigma!r}, mode={self._mode!r}"
+
+
+def noise_sites(model: nn.Module) -> list[GaussianNoise]:
+    r"""Return the :class:`GaussianNoise` modules of ``model``, in ``model.modules()`` order.
+
+    For an :func:`gni_lib.models.MLP` with widths :math:`[d_0, \dots, d_L]` this is
+    the :math:`L` sites in forward order: site :math:`k` perturbs :math:`h_k`,
+    the input to the :math:`(k+1)`-th linear layer.
+
+    Raises:
+        TypeError: if ``model`` is not a :class:`torch.nn.Module`.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    return [m for m in model.modules() if isinstance(m, GaussianNoise)]
+
+
+def set_noise(model: nn.Module, sigma: float | Sequence[float]) -> nn.Module:
+    r"""Set the standard deviations :math:`\sigma_k` of all noise sites of ``model``.
+
+    Args:
+        model: a module with at least one :class:`GaussianNoise` site.
+        sigma: one :math:`\sigma \ge 0` for every site, or a sequence of one per
+            site in :func:`noise_sites` order. Standard deviations, not variances.
+
+    Returns:
+        nn.Module: ``model`` itself (changed in place), for chaining.
+
+    Raises:
+        TypeError: if ``model`` is not a module or ``sigma`` has the wrong type.
+        ValueError: if ``model`` has no noise sites, a value is negative or not
+            finite, or the sequence length differs from the number of sites.
+            Nothing is changed when an error is raised.
+    """
+    sites = noise_sites(model)
+    if not sites:
+        raise ValueError("model has no GaussianNoise sites to set sigma on")
+    values = sigma_list(sigma, len(sites))
+    for site, value in zip(sites, values):
+        site.sigma = value
+    return model

@@ -1,0 +1,188 @@
+r"""Penalties on input derivatives: the Jacobian (Tikhonov) penalty, with optional noise in its input.
+
+For a model :math:`F : \mathbb R^{d_\text{in}} \to \mathbb R^{d_\text{out}}`,
+
+.. math::
+
+    P_0(x) = \lVert J_F(x) \rVert_F^2, \qquad
+    P_\sigma(x) = \mathbb E_{\varepsilon \sim \mathcal N(0, \sigma^2 I)}
+        \lVert J_F(x + \varepsilon) \rVert_F^2 .
+
+:math:`P_0` is the Tikhonov regulariser that training with small input noise
+amounts to for the squared error (Bishop 1995); :math:`P_\sigma` is the penalty of
+Rifai et al. (2011), who add noise only *inside* the regulariser and show that
+:math:`P_\sigma = P_0 + \sigma^2 \lVert H_F \rVert^2 + \dots`, a penalty on the
+Hessian as well.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from .seeding import check_generator
+
+__all__ = ["jacobian_penalty", "per_example_jacobians"]
+
+
+def _check_input(x: object) -> Tensor:
+    if not isinstance(x, Tensor):
+        raise TypeError(f"x must be a torch.Tensor of shape (B, d_in), got {type(x).__name__}")
+    if x.ndim != 2 or x.shape[0] < 1 or x.shape[1] < 1:
+        raise ValueError(
+            f"x must have shape (B, d_in) with B, d_in >= 1, got shape {tuple(x.shape)}"
+        )
+    if not x.is_floating_point():
+        raise ValueError(f"x must be a floating-point tensor, got dtype {x.dtype}")
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError("x must be finite, but it holds NaN or infinite entries")
+    return x
+
+
+def per_example_jacobians(model: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
+    r"""Return the Jacobians :math:`J_F(x_b) = \partial F(x_b) / \partial x_b` of every example.
+
+    .. math::
+
+        J[b, i, a] = \frac{\partial F_i(x_b)}{\partial x_{b,a}} .
+
+    The model is run once on the whole batch; the :math:`d_\text{out}` rows of
+    every Jacobian then come from one vector-Jacobian product per output
+    coordinate, vectorised with :func:`torch.func.vmap`: since example :math:`b`'s
+    output depends only on :math:`x_b`, the gradient of
+    :math:`\sum_b F_i(x_b)` with respect to :math:`x_b` is row :math:`i` of
+    :math:`J_F(x_b)`. This needs a model whose examples do not interact (no
+    batch normalisation in training mode). The result is differentiable with
+    respect to the model's parameters (and ``x``) when autograd is enabled.
+
+    Args:
+        model: maps :math:`(B, d_\text{in})` to :math:`(B, d_\text{out})`.
+        x: the inputs, shape :math:`(B, d_\text{in})`, floating point.
+
+    Returns:
+        Tensor: shape :math:`(B, d_\text{out}, d_\text{in})`, on ``x``'s device and dtype.
+
+    Raises:
+        TypeError: if ``model`` is not callable or ``x`` is not a tensor.
+        ValueError: if ``x`` is not a finite 2-D floating tensor, or the output
+            is not of shape :math:`(B, d_\text{out})`.
+    """
+    if not callable(model):
+        raise TypeError(
+            f"model must be callable (B, d_in) -> (B, d_out), got {type(model).__name__}"
+        )
+    x = _check_input(x)
+    return _jacobians(model, x)
+
+
+def _jacobians(model: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
+    output, vjp_fn = torch.func.vjp(model, x)
+    if not isinstance(output, Tensor) or output.ndim != 2 or output.shape[0] != x.shape[0]:
+        shape = tuple(output.shape) if isinstance(output, Tensor) else type(output).__name__
+        raise ValueError(
+            f"model must map x of shape (B, d_in) = {tuple(x.shape)} to an output of shape "
+            f"(B, d_out), got {shape}"
+        )
+    batch, d_out = output.shape
+    # basis[i] is the cotangent e_i repeated over the batch: shape (d_out, B, d_out).
+    basis = torch.eye(d_out, device=output.device, dtype=output.dtype)
+    basis = basis.unsqueeze(1).expand(d_out, batch, d_out)
+    (rows,) = torch.func.vmap(vjp_fn)(basis)  # (d_out, B, d_in)
+    return rows.transpose(0, 1)
+
+
+def jacobian_penalty(
+    model: Callable[[Tensor], Tensor],
+    x: Tensor,
+    *,
+    noise_std: float = 0.0,
+    samples: int = 1,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    r"""Return the mean squared Frobenius norm of the input-output Jacobian, at noisy inputs.
+
+    .. math::
+
+        P = \frac{1}{S B} \sum_{s=1}^{S} \sum_{b=1}^{B}
+            \bigl\lVert J_F(x_b + \varepsilon_{s,b}) \bigr\rVert_F^2,
+        \qquad \varepsilon_{s,b} \sim \mathcal N(0, \sigma^2 I_{d_\text{in}}),
+
+    with :math:`\sigma` = ``noise_std`` and :math:`S` = ``samples``. With
+    :math:`\sigma = 0` this is the Tikhonov regulariser :math:`\lVert J_F(x)\rVert_F^2`
+    of Bishop (1995); with :math:`\sigma > 0` it is the Monte Carlo estimate, with
+    :math:`S` draws per example, of the noisy-input penalty of Rifai et al.
+    (2011), :math:`\mathbb E_\varepsilon \lVert J_F(x + \varepsilon) \rVert_F^2`.
+
+    **Draw order.** When :math:`\sigma > 0`, the noise is one tensor
+    ``noise_std * torch.randn((samples, B, d_in), generator=generator,
+    device=x.device, dtype=x.dtype)``, and :math:`\varepsilon_{s,b}` is its entry
+    ``[s, b]``. When :math:`\sigma = 0` nothing is drawn and ``samples`` does not
+    change the value (every draw would give the same Jacobian).
+
+    **The model is evaluated as given**, once, on all :math:`S B` noisy inputs. Its
+    own noise sites should be off (``model.eval()``) or absent, otherwise their
+    noise enters the Jacobian as well. Examples must not interact (see
+    :func:`per_example_jacobians`).
+
+    The value is differentiable with respect to the model's parameters (the graph
+    is created), so it can be added to a training loss. Under
+    :func:`torch.no_grad` it is computed without a graph.
+
+    Args:
+        model: maps :math:`(N, d_\text{in})` to :math:`(N, d_\text{out})`, e.g. an
+            :func:`gni_lib.models.MLP` in ``eval()`` mode.
+        x: the inputs, shape :math:`(B, d_\text{in})`, finite, floating point.
+        noise_std: :math:`\sigma \ge 0`, the standard deviation (not variance) of
+            the input noise.
+        samples: :math:`S \ge 1`, noise draws per example.
+        generator: the source of :math:`\varepsilon`, on ``x``'s device type;
+            ``None`` uses torch's global generator.
+
+    Returns:
+        Tensor: a scalar on ``x``'s device and dtype.
+
+    Raises:
+        TypeError: if ``model`` is not callable, ``x`` is not a tensor,
+            ``noise_std`` is not a real number, ``samples`` is not an int, or
+            ``generator`` is not a :class:`torch.Generator`.
+        ValueError: if ``x`` is not 2-D, floating, and finite; ``noise_std`` is
+            negative or not finite; ``samples < 1``; ``generator`` draws on another
+            device type than ``x``; or the model's output is not
+            :math:`(N, d_\text{out})`.
+    """
+    if not callable(model):
+        raise TypeError(
+            f"model must be callable (B, d_in) -> (B, d_out), got {type(model).__name__}"
+        )
+    x = _check_input(x)
+    if isinstance(noise_std, bool) or not isinstance(noise_std, numbers.Real):
+        raise TypeError(
+            f"noise_std must be a finite real number >= 0 (a standard deviation), "
+            f"got {type(noise_std).__name__}"
+        )
+    if not math.isfinite(noise_std) or noise_std < 0:
+        raise ValueError(
+            f"noise_std must be a finite real number >= 0 (a standard deviation), got {noise_std!r}"
+        )
+    if isinstance(samples, bool) or not isinstance(samples, numbers.Integral):
+        raise TypeError(f"samples must be a positive int, got {type(samples).__name__}")
+    if samples < 1:
+        raise ValueError(f"samples must be a positive int, got {samples}")
+    check_generator(generator, x.device)
+
+    batch, d_in = x.shape
+    if noise_std == 0:
+        inputs = x
+        count = batch
+    else:
+        eps = torch.randn(
+            (int(samples), batch, d_in), generator=generator, device=x.device, dtype=x.dtype
+        )
+        inputs = (x.unsqueeze(0) + float(noise_std) * eps).reshape(int(samples) * batch, d_in)
+        count = int(samples) * batch
+    jac = _jacobians(model, inputs)
+    return jac.pow(2).sum() / count

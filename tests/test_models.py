@@ -1,0 +1,174 @@
+"""Tests for gni_lib.models.MLP: child structure, forward pass against a hand-written oracle."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from gni_lib.models import ACTIVATIONS, MLP
+from gni_lib.noise import GaussianNoise, noise_sites
+
+DEVICES = [
+    "cpu",
+    pytest.param(
+        "cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+    ),
+]
+
+_ACT_FN = {
+    "tanh": torch.tanh,
+    "relu": lambda t: torch.clamp(t, min=0.0),
+    "elu": lambda t: torch.where(t > 0, t, torch.expm1(t)),
+    "linear": lambda t: t,
+}
+
+
+def _generator(seed: int, device: str = "cpu") -> torch.Generator:
+    g = torch.Generator(device=device)
+    g.manual_seed(seed)
+    return g
+
+
+def _oracle_forward(model, x, activation, z=None, sigmas=None, mode="additive"):
+    """h_{k+1} = act(W (h_k + sigma_k z_k) + b), written out from the parameters."""
+    linears = [m for m in model if isinstance(m, nn.Linear)]
+    h = x
+    for k, lin in enumerate(linears):
+        if z is not None:
+            h = h + sigmas[k] * z[k] if mode == "additive" else h * (1 + sigmas[k] * z[k])
+        h = h @ lin.weight.T + (lin.bias if lin.bias is not None else 0.0)
+        if k < len(linears) - 1:
+            h = _ACT_FN[activation](h)
+    return h
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    widths=st.lists(st.integers(1, 6), min_size=2, max_size=6),
+    activation=st.sampled_from(sorted(ACTIVATIONS)),
+    bias=st.booleans(),
+    data=st.data(),
+)
+def test_property_child_structure(widths, activation, bias, data):
+    L = len(widths) - 1
+    sigmas = data.draw(st.lists(st.floats(0.0, 3.0), min_size=L, max_size=L))
+    model = MLP(widths, activation=activation, sigma=sigmas, bias=bias)
+    children = list(model)
+    assert isinstance(model, nn.Sequential)
+    assert len(children) == 3 * L - 1
+    for k in range(L):
+        site, lin = children[3 * k], children[3 * k + 1]
+        assert type(site) is GaussianNoise and site.sigma == sigmas[k]
+        assert type(lin) is nn.Linear
+        assert (lin.in_features, lin.out_features) == (widths[k], widths[k + 1])
+        assert (lin.bias is not None) == bias
+        if k < L - 1:
+            assert type(children[3 * k + 2]) is ACTIVATIONS[activation]
+    assert noise_sites(model) == [children[3 * k] for k in range(L)]
+    assert model.training
+
+
+def test_scalar_sigma_mode_and_shared_generator():
+    g = _generator(0)
+    model = MLP([2, 3, 3, 1], sigma=0.4, mode="multiplicative", generator=g)
+    sites = noise_sites(model)
+    assert [s.sigma for s in sites] == [0.4, 0.4, 0.4]
+    assert all(s.mode == "multiplicative" and s.generator is g for s in sites)
+
+
+@pytest.mark.parametrize("activation", sorted(ACTIVATIONS))
+def test_clean_forward_matches_oracle(activation):
+    torch.manual_seed(0)
+    model = MLP([3, 5, 4, 2], activation=activation, sigma=0.5).double().eval()
+    x = torch.randn(7, 3, dtype=torch.float64)
+    torch.testing.assert_close(model(x), _oracle_forward(model, x, activation), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("mode", ["additive", "multiplicative"])
+def test_noisy_forward_matches_oracle(device, mode):
+    """In training mode the sites draw z_0, z_1, ... from the shared generator in forward order."""
+    torch.manual_seed(1)
+    widths, sigmas = [3, 6, 4, 2], [0.1, 0.2, 0.3]
+    model = MLP(widths, sigma=sigmas, mode=mode, generator=_generator(4, device))
+    model = model.to(device=device, dtype=torch.float64)
+    x = torch.randn(5, 3, dtype=torch.float64, device=device)
+    out = model(x)
+    oracle_gen = _generator(4, device)
+    z = [
+        torch.randn((5, w), generator=oracle_gen, device=device, dtype=torch.float64)
+        for w in widths[:-1]
+    ]
+    expected = _oracle_forward(model, x, "tanh", z, sigmas, mode)
+    assert out.device == x.device and out.dtype == torch.float64
+    torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
+    assert not torch.allclose(out, model.eval()(x))
+
+
+def test_linear_activation_gives_a_linear_map():
+    torch.manual_seed(2)
+    model = MLP([3, 4, 2], activation="linear", bias=False).double().eval()
+    x = torch.randn(6, 3, dtype=torch.float64)
+    A = model[4].weight @ model[1].weight
+    torch.testing.assert_close(model(x), x @ A.T, rtol=1e-12, atol=1e-12)
+    assert isinstance(model[2], nn.Identity)
+
+
+def test_initialisation_follows_the_global_seed():
+    torch.manual_seed(3)
+    a = MLP([2, 8, 1])
+    torch.manual_seed(3)
+    b = MLP([2, 8, 1])
+    c = MLP([2, 8, 1])
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+    assert not all(torch.equal(p, q) for p, q in zip(a.parameters(), c.parameters()))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_output_on_device(device):
+    model = MLP([2, 4, 3], sigma=0.1).to(device)
+    out = model(torch.randn(5, 2, device=device))
+    assert out.shape == (5, 3) and out.device.type == device and out.dtype == torch.float32
+
+
+# --- errors ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("bad", [[3], [], [3, 0], [3, -1], [3, 2.5], [3, True], "32", 3, None])
+def test_bad_widths(bad):
+    with pytest.raises(ValueError, match="widths"):
+        MLP(bad)
+
+
+def test_bad_activation_lists_choices():
+    with pytest.raises(ValueError, match=r"activation.*tanh.*relu.*elu.*linear"):
+        MLP([2, 2], activation="sigmoid")
+
+
+@pytest.mark.parametrize("bad", [[0.1], [0.1, 0.2, 0.3]])
+def test_sigma_length_mismatch(bad):
+    with pytest.raises(ValueError, match="sigma"):
+        MLP([2, 3, 1], sigma=bad)
+
+
+def test_negative_sigma():
+    with pytest.raises(ValueError, match="sigma"):
+        MLP([2, 3, 1], sigma=[0.1, -0.1])
+
+
+def test_bad_mode():
+    with pytest.raises(ValueError, match="mode"):
+        MLP([2, 3, 1], mode="dropout")
+
+
+def test_bad_bias():
+    with pytest.raises(TypeError, match="bias"):
+        MLP([2, 3, 1], bias=1)
+
+
+def test_bad_generator():
+    with pytest.raises(TypeError, match="generator"):
+        MLP([2, 3, 1], generator=0)

@@ -1,0 +1,238 @@
+"""Tests for gni_lib.penalties against per-example torch.autograd.functional.jacobian (float64)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gni_lib.penalties import jacobian_penalty, per_example_jacobians
+from gni_lib.models import MLP
+
+DEVICES = [
+    "cpu",
+    pytest.param(
+        "cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+    ),
+]
+
+
+def _generator(seed: int, device: str = "cpu") -> torch.Generator:
+    g = torch.Generator(device=device)
+    g.manual_seed(seed)
+    return g
+
+
+def _net(activation: str, d_out: int, device: str = "cpu", seed: int = 0):
+    torch.manual_seed(seed)
+    return MLP([4, 7, 5, d_out], activation=activation).to(device=device, dtype=torch.float64).eval()
+
+
+def _brute_force(model, x, create_graph=False):
+    """Mean over examples of ||J||_F^2, one torch.autograd.functional.jacobian call per example."""
+    total = 0.0
+    for b in range(x.shape[0]):
+        J = torch.autograd.functional.jacobian(
+            lambda xb: model(xb.unsqueeze(0)).squeeze(0), x[b], create_graph=create_graph
+        )
+        total = total + J.pow(2).sum()
+    return total / x.shape[0]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("activation", ["tanh", "relu", "elu"])
+@pytest.mark.parametrize("d_out", [1, 3])
+def test_value_matches_per_example_jacobian(device, activation, d_out):
+    model = _net(activation, d_out, device)
+    x = torch.randn(6, 4, dtype=torch.float64, device=device)
+    value = jacobian_penalty(model, x)
+    assert value.shape == () and value.dtype == torch.float64 and value.device == x.device
+    torch.testing.assert_close(value, _brute_force(model, x), rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("activation", ["tanh", "relu", "elu"])
+def test_per_example_jacobians_match(activation):
+    model = _net(activation, 3)
+    x = torch.randn(5, 4, dtype=torch.float64)
+    J = per_example_jacobians(model, x)
+    assert J.shape == (5, 3, 4)
+    for b in range(5):
+        expected = torch.autograd.functional.jacobian(lambda xb: model(xb.unsqueeze(0)).squeeze(0), x[b])
+        torch.testing.assert_close(J[b], expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("activation", ["tanh", "relu", "elu"])
+def test_parameter_gradient_matches_brute_force(activation):
+    model = _net(activation, 3, seed=1)
+    x = torch.randn(5, 4, dtype=torch.float64)
+    params = list(model.parameters())
+    # The last bias does not enter the Jacobian: its gradient is zero (materialised).
+    kw = dict(allow_unused=True, materialize_grads=True)
+    ours = torch.autograd.grad(jacobian_penalty(model, x), params, **kw)
+    oracle = torch.autograd.grad(_brute_force(model, x, create_graph=True), params, **kw)
+    assert any(g.abs().max() > 1e-6 for g in ours)
+    for a, b in zip(ours, oracle):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("samples", [1, 3])
+def test_noisy_value_matches_brute_force_at_same_draw(device, samples):
+    """Documented draw order: eps = noise_std * randn((samples, B, d_in)) from the generator."""
+    model = _net("tanh", 3, device)
+    x = torch.randn(4, 4, dtype=torch.float64, device=device)
+    value = jacobian_penalty(model, x, noise_std=0.3, samples=samples, generator=_generator(9, device))
+    eps = torch.randn((samples, 4, 4), generator=_generator(9, device), device=device, dtype=torch.float64)
+    x_tilde = (x.unsqueeze(0) + 0.3 * eps).reshape(samples * 4, 4)
+    torch.testing.assert_close(value, _brute_force(model, x_tilde), rtol=1e-10, atol=1e-10)
+    assert not torch.allclose(value, jacobian_penalty(model, x), rtol=1e-6, atol=0)
+
+
+def test_same_seed_same_value_different_seed_different():
+    model = _net("elu", 2)
+    x = torch.randn(5, 4, dtype=torch.float64)
+    a = jacobian_penalty(model, x, noise_std=0.5, samples=2, generator=_generator(3))
+    b = jacobian_penalty(model, x, noise_std=0.5, samples=2, generator=_generator(3))
+    c = jacobian_penalty(model, x, noise_std=0.5, samples=2, generator=_generator(4))
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+
+
+def test_no_noise_draws_nothing_and_ignores_samples():
+    model = _net("tanh", 2)
+    x = torch.randn(5, 4, dtype=torch.float64)
+    g = _generator(0)
+    state = g.get_state()
+    a = jacobian_penalty(model, x, samples=4, generator=g)
+    assert torch.equal(g.get_state(), state)
+    torch.testing.assert_close(a, jacobian_penalty(model, x), rtol=1e-14, atol=0)
+
+
+def test_linear_map_closed_form_and_noise_invariance():
+    """F(x) = A x has J = A everywhere, so the penalty is ||A||_F^2 with or without noise."""
+    A = torch.randn(3, 4, dtype=torch.float64)
+    x = torch.randn(6, 4, dtype=torch.float64)
+    expected = A.pow(2).sum()
+    torch.testing.assert_close(jacobian_penalty(lambda t: t @ A.T, x), expected, rtol=1e-13, atol=0)
+    noisy = jacobian_penalty(lambda t: t @ A.T, x, noise_std=2.0, samples=3, generator=_generator(1))
+    torch.testing.assert_close(noisy, expected, rtol=1e-13, atol=0)
+
+
+def test_no_grad_gives_value_without_graph():
+    model = _net("tanh", 2)
+    x = torch.randn(5, 4, dtype=torch.float64)
+    with torch.no_grad():
+        value = jacobian_penalty(model, x)
+    assert value.grad_fn is None
+    torch.testing.assert_close(value, jacobian_penalty(model, x).detach(), rtol=1e-14, atol=0)
+
+
+def test_float32_stays_float32():
+    torch.manual_seed(0)
+    model = MLP([3, 4, 2]).eval()
+    value = jacobian_penalty(model, torch.randn(4, 3), noise_std=0.1, generator=_generator(0))
+    assert value.dtype == torch.float32
+
+
+@settings(max_examples=12, deadline=None)
+@given(
+    widths=st.lists(st.integers(1, 5), min_size=2, max_size=4),
+    batch=st.integers(1, 4),
+    seed=st.integers(0, 100),
+)
+def test_property_matches_brute_force_over_shapes(widths, batch, seed):
+    torch.manual_seed(seed)
+    model = MLP(widths, activation="tanh").double().eval()
+    x = torch.randn(batch, widths[0], dtype=torch.float64)
+    torch.testing.assert_close(jacobian_penalty(model, x), _brute_force(model, x), rtol=1e-10, atol=1e-12)
+
+
+# --- errors ----------------------------------------------------------------------------------
+
+
+def _model_and_x():
+    return _net("tanh", 2), torch.randn(3, 4, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("bad", [-0.1, float("nan"), float("inf")])
+def test_bad_noise_std_value(bad):
+    model, x = _model_and_x()
+    with pytest.raises(ValueError, match="noise_std"):
+        jacobian_penalty(model, x, noise_std=bad)
+
+
+@pytest.mark.parametrize("bad", ["0.1", None, True])
+def test_bad_noise_std_type(bad):
+    model, x = _model_and_x()
+    with pytest.raises(TypeError, match="noise_std"):
+        jacobian_penalty(model, x, noise_std=bad)
+
+
+def test_bad_samples():
+    model, x = _model_and_x()
+    for bad in (0, -2):
+        with pytest.raises(ValueError, match="samples"):
+            jacobian_penalty(model, x, samples=bad)
+    for bad in (1.5, True, "2"):
+        with pytest.raises(TypeError, match="samples"):
+            jacobian_penalty(model, x, samples=bad)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        torch.randn(4, dtype=torch.float64),
+        torch.randn(2, 3, 4, dtype=torch.float64),
+        torch.zeros(0, 4, dtype=torch.float64),
+        torch.tensor([[0.0, float("nan"), 0.0, 0.0]], dtype=torch.float64),
+        torch.tensor([[0.0, float("inf"), 0.0, 0.0]], dtype=torch.float64),
+        torch.zeros(2, 4, dtype=torch.int64),
+    ],
+)
+def test_bad_x(bad):
+    model, _ = _model_and_x()
+    with pytest.raises(ValueError, match="x"):
+        jacobian_penalty(model, bad)
+
+
+def test_x_not_a_tensor():
+    model, _ = _model_and_x()
+    with pytest.raises(TypeError, match="x"):
+        jacobian_penalty(model, [[0.0, 0.0, 0.0, 0.0]])
+
+
+def test_model_not_callable():
+    with pytest.raises(TypeError, match="model"):
+        jacobian_penalty("mlp", torch.zeros(2, 3))
+
+
+def test_model_with_wrong_output_shape():
+    x = torch.randn(3, 4, dtype=torch.float64)
+    with pytest.raises(ValueError, match="model"):
+        jacobian_penalty(lambda t: t.sum(dim=1), x)
+
+
+def test_bad_generator_type():
+    model, x = _model_and_x()
+    with pytest.raises(TypeError, match="generator"):
+        jacobian_penalty(model, x, noise_std=0.1, generator=1)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_generator_on_other_device():
+    model = _net("tanh", 2, "cuda")
+    x = torch.randn(3, 4, dtype=torch.float64, device="cuda")
+    with pytest.raises(ValueError, match="generator"):
+        jacobian_penalty(model, x, noise_std=0.1, generator=_generator(0, "cpu"))
+
+
+def test_model_in_training_mode_uses_its_own_noise_once():
+    """The model is run once, as given: active noise sites perturb the Jacobian, reproducibly."""
+    torch.manual_seed(0)
+    model = MLP([4, 6, 2], sigma=0.5, generator=_generator(2)).double()
+    x = torch.randn(5, 4, dtype=torch.float64)
+    noisy = jacobian_penalty(model, x)
+    model[0].generator.manual_seed(2)
+    assert torch.equal(jacobian_penalty(model, x), noisy)
+    assert not torch.allclose(noisy, jacobian_penalty(model.eval(), x), rtol=1e-6, atol=0)
