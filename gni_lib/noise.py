@@ -17,19 +17,30 @@ switched to ``eval()``.
 
 :func:`noise_sites` lists the sites of a model in forward order (for an
 :func:`gni_lib.models.MLP`, site :math:`k` acts on :math:`h_k`), and
-:func:`set_noise` sets their :math:`\sigma_k`.
+:func:`set_noise` sets their :math:`\sigma_k`. :func:`replace_site_outputs`
+switches the sites' own noise off for a while and lets the caller decide what
+each site returns: a zero perturbation to differentiate with respect to (layer
+Jacobians), or noise drawn from the caller's generator (Monte Carlo).
 """
 
 from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["GaussianNoise", "noise_sites", "set_noise", "sigma_list", "NOISE_MODES"]
+__all__ = [
+    "GaussianNoise",
+    "noise_sites",
+    "set_noise",
+    "sigma_list",
+    "replace_site_outputs",
+    "NOISE_MODES",
+]
 
 #: The accepted values of ``mode``.
 NOISE_MODES = ("additive", "multiplicative")
@@ -244,3 +255,58 @@ def set_noise(model: nn.Module, sigma: float | Sequence[float]) -> nn.Module:
     for site, value in zip(sites, values):
         site.sigma = value
     return model
+
+
+@contextmanager
+def replace_site_outputs(
+    model: nn.Module, replace: Callable[[int, Tensor], Tensor]
+) -> Iterator[list[int]]:
+    r"""Within the ``with`` block, noise site :math:`k` of ``model`` returns ``replace(k, h_k)``.
+
+    The sites' own noise is off inside the block (each site is switched to
+    ``eval()``, so it draws nothing from its generator and passes :math:`h_k`
+    through), and a forward hook hands the clean activation :math:`h_k` to
+    ``replace``, whose result the rest of the network sees instead. ``k`` is the
+    site's index in :func:`noise_sites` order. For example
+    ``replace = lambda k, h: h + delta[k]`` evaluates the network at
+    :math:`\tilde h_k = h_k + \delta_k` (Camuto et al. 2020, eq. 5) with
+    perturbations of the caller's choosing. On exit the hooks are removed and
+    every site gets back its ``training`` flag, also when the block raises.
+
+    Yields:
+        list[int]: how many times each site has been called so far inside the
+        block, in :func:`noise_sites` order (a site used twice in one forward
+        pass, or never, shows here).
+
+    Raises:
+        TypeError: if ``model`` is not a module or ``replace`` is not callable.
+        ValueError: if ``model`` has no :class:`GaussianNoise` sites.
+    """
+    sites = noise_sites(model)
+    if not callable(replace):
+        raise TypeError(f"replace must be callable (k, h) -> tensor, got {type(replace).__name__}")
+    if not sites:
+        raise ValueError(
+            "model must contain at least one GaussianNoise noise site, but it has none"
+        )
+    calls = [0] * len(sites)
+    flags = [site.training for site in sites]
+    handles = []
+
+    def make_hook(k: int) -> Callable[[nn.Module, tuple, Tensor], Tensor]:
+        def hook(module: nn.Module, inputs: tuple, output: Tensor) -> Tensor:
+            calls[k] += 1
+            return replace(k, inputs[0])
+
+        return hook
+
+    try:
+        for k, site in enumerate(sites):
+            site.training = False
+            handles.append(site.register_forward_hook(make_hook(k)))
+        yield calls
+    finally:
+        for handle in handles:
+            handle.remove()
+        for site, flag in zip(sites, flags):
+            site.training = flag

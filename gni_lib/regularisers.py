@@ -1,0 +1,326 @@
+r"""The explicit regulariser of Gaussian noise injections, and the full second-order term.
+
+Marginalising the noise out of the loss (Camuto et al. 2020, Thm. 1) gives
+
+.. math::
+
+    \mathbb E_\varepsilon[\tilde L] - L = R + \mathbb E_\varepsilon[C], \qquad
+    R = \frac{1}{B} \sum_{b=1}^{B} \frac12 \sum_{k=0}^{L-1}
+        \sigma_k^2 \operatorname{Tr}\bigl(J_k^\top H_L J_k\bigr)(x_b)
+    \quad \text{(eq. 9)},
+
+with :math:`J_k` the layer Jacobians (:mod:`gni_lib.jacobians`) and :math:`H_L`
+the Hessian of the per-example loss with respect to the network output:
+:math:`H_L = I` for the ½-squared error, so :math:`R = \tfrac12 \sum_k \sigma_k^2
+\lVert J_k \rVert_F^2` (eq. 11), and :math:`H_L = \operatorname{diag}(p) - p p^\top`
+for softmax cross-entropy (eq. 13). Multiplicative noise
+:math:`h_k (1 + \sigma_k z)` is additive noise of variance :math:`\sigma_k^2 h_k^2`
+per coordinate (eq. 6), so it enters as :math:`J_k \operatorname{diag}(\sigma_k h_k)`.
+
+**R is not the whole order-σ² term.** The coefficient of the order-:math:`\sigma^2`
+part of the gap is the *full* second-order term
+
+.. math::
+
+    \frac12 \sum_k \sigma_k^2 \operatorname{Tr} \nabla^2_{h_k} L
+    = R + \frac12 \sum_k \sigma_k^2 \sum_i \frac{\partial L}{\partial h_{L,i}}
+      \operatorname{Tr} \nabla^2_{h_k} h_{L,i},
+
+of which :math:`R` is the Gauss-Newton part; the second, network-curvature, part
+sits in Camuto's remainder :math:`C` and is of the same order in :math:`\sigma`.
+It vanishes for linear networks. :func:`second_order_term` computes the full
+term exactly, so that a chapter can split the gap into :math:`R` and the rest.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from .jacobians import (
+    CleanPass,
+    check_input,
+    check_model,
+    check_positive_int,
+    check_target,
+    clean_pass,
+    perturbed_pass,
+)
+from .losses import get_loss
+from .seeding import check_generator
+
+__all__ = ["explicit_regularizer", "second_order_term", "REGULARIZER_METHODS"]
+
+#: The accepted values of ``method`` in :func:`explicit_regularizer`.
+REGULARIZER_METHODS = ("exact", "diag", "hutchinson")
+
+
+def check_loss(loss: object) -> str:
+    """Return ``loss`` if it names a known loss ("mse" or "ce"), else raise naming ``loss``."""
+    get_loss(loss)  # type: ignore[arg-type]
+    return loss  # type: ignore[return-value]
+
+
+def _site_scales(site_pass: CleanPass) -> list[Tensor | float]:
+    r"""Per site, the standard deviation of the noise per coordinate: :math:`\sigma_k`
+    (additive) or :math:`\sigma_k h_k` of shape (B, d_k) (multiplicative, eq. 6)."""
+    scales: list[Tensor | float] = []
+    for site, h in zip(site_pass.sites, site_pass.activations):
+        if site.mode == "multiplicative":
+            scales.append(site.sigma * h)
+        else:
+            scales.append(site.sigma)
+    return scales
+
+
+def _cotangents(
+    output: Tensor, loss: str, method: str, probes: int, generator: torch.Generator | None
+) -> Tensor | None:
+    r"""Cotangent rows :math:`C` (B, c, d_L) with :math:`\mathbb E[C^\top C] = H_L` (or equal).
+
+    Then :math:`\operatorname{Tr}(J^\top H_L J) = \lVert C J \rVert_F^2`, exactly or in
+    expectation:
+
+    - exact, MSE: :math:`C = I` (returned as ``None``);
+    - exact, CE: :math:`C = S^\top` with :math:`S = \operatorname{diag}(\sqrt p) - p \sqrt p^\top`,
+      :math:`S S^\top = \operatorname{diag}(p) - 2pp^\top + p (\sqrt p^\top \sqrt p) p^\top = H_L`
+      since :math:`\sum_i p_i = 1`; row :math:`j` is :math:`\sqrt{p_j}(e_j - p)`;
+    - diag, CE: :math:`C = \operatorname{diag}(\sqrt{p(1-p)})`;
+    - hutchinson: rows :math:`v_n^\top / \sqrt N` (MSE) or :math:`(S v_n)^\top / \sqrt N` (CE),
+      with Rademacher :math:`v_n`, so :math:`\mathbb E[C^\top C] = H_L`.
+    """
+    batch, d_out = output.shape
+    if method == "hutchinson":
+        shape = (batch, probes, d_out)
+        signs = torch.randint(0, 2, shape, generator=generator, device=output.device)
+        v = (2 * signs - 1).to(output.dtype) / math.sqrt(probes)
+        if loss == "mse":
+            return v
+        p = torch.softmax(output, dim=1).unsqueeze(1)  # (B, 1, d_L)
+        root = p.sqrt()
+        return root * v - p * (root * v).sum(dim=2, keepdim=True)  # (S v)^T
+    if loss == "mse":
+        return None  # the identity, which the products treat specially
+    p = torch.softmax(output, dim=1)
+    if method == "diag":
+        return torch.diag_embed((p * (1 - p)).sqrt())
+    root = p.sqrt()
+    return torch.diag_embed(root) - root.unsqueeze(2) * p.unsqueeze(1)
+
+
+def explicit_regularizer(
+    model: nn.Module,
+    x: Tensor,
+    *,
+    loss: str = "mse",
+    method: str = "exact",
+    probes: int = 1,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    r"""Return the explicit regulariser :math:`R` of Camuto et al. (2020), eq. 9.
+
+    .. math::
+
+        R = \frac{1}{B} \sum_{b=1}^{B} \frac12 \sum_{k=0}^{L-1} \sigma_k^2
+            \operatorname{Tr}\bigl(J_k(x_b)^\top H_L(x_b) J_k(x_b)\bigr),
+
+    with :math:`\sigma_k` read from the model's noise sites
+    (:func:`gni_lib.noise.noise_sites` order), :math:`J_k` from
+    :func:`gni_lib.jacobians.layer_jacobians`, and for a multiplicative site
+    :math:`\sigma_k^2` replaced by :math:`\sigma_k^2 h_{k,a}^2` on coordinate
+    :math:`a` (eq. 6).
+
+    ``method``:
+
+    - ``"exact"``. ``loss="mse"``: :math:`H_L = I`, :math:`R = \tfrac12 \sum_k
+      \sigma_k^2 \lVert J_k \rVert_F^2` (eq. 11). ``loss="ce"``:
+      :math:`H_L = \operatorname{diag}(p) - pp^\top = S S^\top` with
+      :math:`S = \operatorname{diag}(\sqrt p) - p \sqrt p^\top`, so
+      :math:`\operatorname{Tr}(J^\top H_L J) = \lVert S^\top J \rVert_F^2
+      = \sum_a \operatorname{Var}_{i \sim p}(J_{ia})`, at the same cost as MSE:
+      :math:`d_L` vector-Jacobian products with the cotangents
+      :math:`\sqrt{p_j}(e_j - p)`, the rows of :math:`S^\top`, in place of
+      the basis vectors :math:`e_j`. It does
+      not depend on the labels, and adding the same vector to every row of the
+      output weights leaves it unchanged.
+    - ``"diag"`` (``loss="ce"`` only): eq. 14, which keeps only the diagonal of
+      :math:`H_L`: :math:`\sum_i p_i (1 - p_i) \lVert J_{k,i} \rVert^2`, with
+      :math:`J_{k,i}` row :math:`i` of :math:`J_k` (cotangents
+      :math:`\sqrt{p_i(1-p_i)}\, e_i`). **An
+      approximation, not an identity**: it drops
+      :math:`-\sum_{i \ne j} p_i p_j \langle J_{k,i}, J_{k,j} \rangle`. (Eq. 13 of
+      the paper prints the diagonal entry as :math:`p_i (1 - p_j)`; :math:`p_i(1 - p_i)`
+      is meant.) Provided to measure how far eq. 14 is from eq. 9.
+    - ``"hutchinson"``: unbiased, :math:`\mathbb E_v \lVert (M v)^\top J_k \rVert^2 =
+      \operatorname{Tr}(J_k^\top M M^\top J_k)` with :math:`M = I` (MSE) or :math:`S`
+      (CE) and ``probes`` Rademacher probes :math:`v \in \{\pm 1\}^{d_L}` per
+      example: ``probes`` vector-Jacobian products instead of :math:`d_L`. For
+      a fixed draw the estimate is a smooth function of the parameters, so its
+      gradient is an unbiased estimate of :math:`\nabla_\theta R`. The probes are
+      ``2 * torch.randint(0, 2, (B, probes, d_L), generator=generator) - 1``,
+      drawn on ``x``'s device.
+
+    The value is differentiable with respect to the parameters when autograd is
+    on, so ``loss + R`` can be trained on. Under :func:`torch.no_grad` it is
+    computed without a graph, at about the cost of a forward and backward pass.
+    The noise sites' own noise is off during the computation (the clean pass);
+    other modules run in their current mode.
+
+    Args:
+        model: an ``nn.Module`` whose noise sites are ``GaussianNoise`` modules
+            (e.g. :func:`gni_lib.models.MLP`); see
+            :func:`gni_lib.jacobians.layer_jacobians` for what else works.
+        x: inputs, shape :math:`(B, d_0)`, finite, on the model's device and dtype.
+        loss: ``"mse"`` (½-squared error, :math:`H_L = I`) or ``"ce"``
+            (softmax cross-entropy on the logits :math:`h_L`).
+        method: ``"exact"``, ``"diag"`` or ``"hutchinson"``.
+        probes: the number of Hutchinson probes per example (``method="hutchinson"``).
+        generator: the source of the Hutchinson probes; ``None`` uses torch's
+            global generator. Must draw on ``x``'s device type.
+
+    Returns:
+        Tensor: a scalar on ``x``'s device and dtype.
+
+    Raises:
+        TypeError: if ``model``, ``x``, ``probes`` or ``generator`` has the wrong type.
+        ValueError: for an unknown ``loss`` or ``method``; ``method="diag"`` with
+            ``loss="mse"``; ``probes < 1``; a model with no noise sites; ``x`` not
+            finite, not (B, ...), or not fitting the model; a generator on another
+            device type.
+    """
+    check_model(model)
+    loss = check_loss(loss)
+    if not isinstance(method, str) or method not in REGULARIZER_METHODS:
+        raise ValueError(f"method must be one of {REGULARIZER_METHODS}, got {method!r}")
+    if method == "diag" and loss != "ce":
+        raise ValueError(
+            "method='diag' is the diagonal-H_L approximation of eq. 14 and needs loss='ce'; "
+            "with loss='mse' H_L = I is already diagonal: use method='exact'"
+        )
+    probes = check_positive_int(probes, "probes")
+    x = check_input(x)
+    check_generator(generator, x.device)
+
+    site_pass = clean_pass(model, x)
+    cotangents = _cotangents(site_pass.output, loss, method, probes, generator)
+    products = site_pass.vjp(cotangents)  # per site (B, c, d_k): rows of C J_k
+    total = site_pass.output.new_zeros(())
+    for product, scale, site in zip(products, _site_scales(site_pass), site_pass.sites):
+        if site.sigma == 0.0:
+            continue
+        if isinstance(scale, Tensor):  # columns times sigma_k h_k (eq. 6)
+            total = total + _squared_norm(product * scale.unsqueeze(1))
+        else:
+            total = total + scale**2 * _squared_norm(product)
+    return 0.5 * total / x.shape[0]
+
+
+def _squared_norm(t: Tensor) -> Tensor:
+    r""":math:`\lVert t \rVert_F^2`, as one dot product when ``t`` is contiguous."""
+    if t.is_contiguous():
+        flat = t.reshape(-1)
+        return torch.dot(flat, flat)
+    return t.pow(2).sum()
+
+
+def _ensure_tensor_scale(scale: Tensor | float, like: Tensor) -> Tensor:
+    if isinstance(scale, Tensor):
+        return scale
+    return torch.full_like(like, scale)
+
+
+def second_order_term(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    *,
+    loss: str = "mse",
+    chunk_size: int = 256,
+) -> Tensor:
+    r"""Return the full second-order term of the noisy loss: the order-σ² part of the gap.
+
+    .. math::
+
+        T_2 = \frac12 \sum_{k=0}^{L-1} \sum_{b=1}^{B} \sum_{a=1}^{d_k} s_{k,b,a}^2\,
+              \frac{\partial^2 L}{\partial h_{k,b,a}^2},
+        \qquad L = \frac1B \sum_b \ell(h_L(x_b), y_b),
+
+    with :math:`s_{k,b,a} = \sigma_k` (additive) or :math:`\sigma_k h_{k,b,a}`
+    (multiplicative, eq. 6), the derivatives taken with respect to a
+    perturbation of the clean activation at site :math:`k` (all noise off). By
+    Taylor's theorem :math:`\mathbb E_\varepsilon[\tilde L] - L = T_2 + O(\sigma^4)`
+    for smooth networks, since odd moments of the noise vanish and the noise of
+    different sites and examples is independent. The Gauss-Newton part of
+    :math:`T_2` is :math:`R` (:func:`explicit_regularizer`, ``method="exact"``);
+    :math:`T_2 - R = \tfrac12 \sum_k \sigma_k^2 \sum_i (\partial L/\partial h_{L,i})
+    \operatorname{Tr} \nabla^2_{h_k} h_{L,i}` is the network-curvature part, which
+    Camuto et al. (2020) leave in the remainder :math:`C` although it is of the
+    same order in :math:`\sigma`. It is zero for a linear network.
+
+    Exact, by Hessian-vector products: for each site, the one-hot vectors
+    :math:`e_a` (the same on every example) give the diagonal entries
+    :math:`\partial^2 L / \partial h_{k,b,a}^2` of all examples at once, since
+    examples do not interact. The cost is :math:`\sum_k d_k` Hessian-vector
+    products, vectorised in chunks of ``chunk_size``; meant for the book's small
+    and medium networks. The value is not differentiable (it is a diagnostic).
+
+    Args:
+        model: an ``nn.Module`` with ``GaussianNoise`` sites (see
+            :func:`gni_lib.jacobians.layer_jacobians`).
+        x: inputs, shape :math:`(B, d_0)`, finite.
+        y: targets: shape :math:`(B, d_L)` and ``x``'s dtype for ``"mse"``;
+            int64 class indices of shape :math:`(B,)` for ``"ce"``.
+        loss: ``"mse"`` or ``"ce"``.
+        chunk_size: Hessian-vector products per vectorised batch.
+
+    Returns:
+        Tensor: a scalar on ``x``'s device and dtype (no graph).
+
+    Raises:
+        TypeError: if an argument has the wrong type.
+        ValueError: for an unknown ``loss``, a model with no noise sites, ``x`` or
+            ``y`` of the wrong shape, dtype or range, non-finite input, or
+            ``chunk_size < 1``.
+    """
+    check_model(model)
+    loss = check_loss(loss)
+    chunk_size = check_positive_int(chunk_size, "chunk_size")
+    x = check_input(x)
+    site_pass = perturbed_pass(model, x)
+    y = check_target(y, site_pass.output, loss)
+    scales = _site_scales(site_pass)
+    total = site_pass.output.new_zeros(())
+    with torch.enable_grad():
+        value = get_loss(loss)(site_pass.output, y)
+        grads = torch.autograd.grad(
+            value, site_pass.deltas, create_graph=True, allow_unused=True, materialize_grads=True
+        )
+        for k, (g, delta, h, scale) in enumerate(
+            zip(grads, site_pass.deltas, site_pass.activations, scales)
+        ):
+            if site_pass.sites[k].sigma == 0.0 or not g.requires_grad:
+                continue  # no noise here, or the loss is linear in this site
+            batch, width = h.shape
+            diag = h.new_empty((batch, width))
+            for start in range(0, width, chunk_size):
+                idx = torch.arange(start, min(start + chunk_size, width), device=h.device)
+                basis = torch.zeros((idx.numel(), batch, width), device=h.device, dtype=h.dtype)
+                basis[torch.arange(idx.numel(), device=h.device), :, idx] = 1.0
+                (hv,) = torch.autograd.grad(
+                    g,
+                    delta,
+                    grad_outputs=basis.reshape(idx.numel(), *g.shape),
+                    is_grads_batched=True,
+                    retain_graph=True,
+                    allow_unused=True,
+                    materialize_grads=True,
+                )
+                hv = hv.reshape(idx.numel(), batch, width)
+                diag[:, start : start + idx.numel()] = hv[
+                    torch.arange(idx.numel(), device=h.device), :, idx
+                ].T
+            weight = _ensure_tensor_scale(scale, h).pow(2)
+            total = total + (weight * diag).sum().detach()
+    return 0.5 * total.detach()
