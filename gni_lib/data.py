@@ -1,4 +1,4 @@
-r"""Generated data sets: nothing is downloaded.
+r"""Generated data sets and the toy problems the chapters share: nothing is downloaded.
 
 :func:`regression_1d` draws a small, noisy 1-D regression problem,
 
@@ -10,20 +10,62 @@ on which a small tanh MLP fits the trend but, with some twenty points, also
 fits the noise, so that regularisation has something to do. :func:`grid_1d`
 gives evenly spaced points for evaluating and plotting a fitted curve, and
 :func:`regression_target` the noise-free :math:`g`.
+
+The problems of the later chapters, each with its loss (and, where it has a
+closed form, the trace of its Hessian, the quantity noise injection penalises):
+
+- the widening valley :math:`L(u, v) = \tfrac12 v^2 \lVert u \rVert^2` of Orvieto
+  et al. (2022), Thm. 3.1 (:func:`widening_valley_loss`);
+- quadratically parametrised sparse regression, :math:`\beta = w \odot w`
+  (:func:`quadratic_sparse_regression`, :func:`quadratic_regression_loss`);
+- diagonal linear networks, :math:`\beta = u \odot v`, with standardised features
+  (:func:`diagonal_linear_regression`, :func:`diagonal_network_loss`);
+- low-rank matrix sensing (:func:`matrix_sensing`, :func:`matrix_sensing_loss`);
+- the sum of sines of Rahaman et al. (2019) with frequencies 5, 10, ..., 50
+  (:func:`sum_of_sines`);
+- scikit-learn's bundled digits and diabetes data with a fixed, seeded
+  train/test split and training-set standardisation (:func:`load_digits_split`,
+  :func:`load_diabetes_split`).
+
+All are deterministic given ``seed``: a CPU generator draws in float64 in a
+documented order, and the result is then cast to ``dtype`` and moved to ``device``.
 """
 
 from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
 from .seeding import make_generator
 
-__all__ = ["regression_1d", "grid_1d", "regression_target", "TARGETS"]
+__all__ = [
+    "regression_1d",
+    "grid_1d",
+    "regression_target",
+    "TARGETS",
+    "widening_valley_loss",
+    "widening_valley_hessian_trace",
+    "SparseRegression",
+    "quadratic_sparse_regression",
+    "quadratic_regression_loss",
+    "quadratic_regression_hessian_trace",
+    "diagonal_linear_regression",
+    "diagonal_network_loss",
+    "diagonal_network_hessian_trace",
+    "MatrixSensing",
+    "matrix_sensing",
+    "matrix_sensing_loss",
+    "SumOfSines",
+    "sum_of_sines",
+    "Split",
+    "load_digits_split",
+    "load_diabetes_split",
+]
 
 
 def _sin_target(x: Tensor) -> Tensor:
@@ -185,3 +227,638 @@ def grid_1d(
     device = torch.device("cpu") if device is None else torch.device(device)
     grid = torch.linspace(lo, hi, n, dtype=torch.float64).unsqueeze(1)
     return grid.to(device=device, dtype=dtype)
+
+
+# =================================================================================================
+# Problems the chapters share: toy losses of Orvieto et al. (2022, 2023), the sum of sines of
+# Rahaman et al., and two bundled scikit-learn data sets. Everything is generated from a seed
+# with a CPU generator in float64 and then cast and moved, like regression_1d.
+# =================================================================================================
+
+
+class SparseRegression(NamedTuple):
+    """A linear regression problem with a sparse truth: ``y = x @ beta_star + noise``.
+
+    Attributes:
+        x: the design matrix, shape :math:`(n, d)`.
+        y: the responses, shape :math:`(n,)`.
+        beta_star: the sparse true coefficients, shape :math:`(d,)`.
+    """
+
+    x: Tensor
+    y: Tensor
+    beta_star: Tensor
+
+
+class MatrixSensing(NamedTuple):
+    """A matrix-sensing problem: ``y_i = <A_i, B_star> + noise``.
+
+    Attributes:
+        a: the measurement matrices :math:`A_i`, shape :math:`(n, d, d)`.
+        y: the measurements, shape :math:`(n,)`.
+        b_star: the low-rank truth, shape :math:`(d, d)`.
+    """
+
+    a: Tensor
+    y: Tensor
+    b_star: Tensor
+
+
+class SumOfSines(NamedTuple):
+    r"""Samples of :math:`f(x) = \sum_k A_k \sin(2\pi f_k x + \varphi_k)` on a grid.
+
+    Attributes:
+        x: the points, shape :math:`(N, 1)`.
+        y: :math:`f(x)`, shape :math:`(N, 1)`.
+        frequencies: :math:`f_k`, shape :math:`(K,)`.
+        phases: :math:`\varphi_k`, shape :math:`(K,)`.
+        amplitudes: :math:`A_k`, shape :math:`(K,)`.
+    """
+
+    x: Tensor
+    y: Tensor
+    frequencies: Tensor
+    phases: Tensor
+    amplitudes: Tensor
+
+
+class Split(NamedTuple):
+    """A fixed train/test split: ``x_train, y_train, x_test, y_test``."""
+
+    x_train: Tensor
+    y_train: Tensor
+    x_test: Tensor
+    y_test: Tensor
+
+
+def _check_tensor(value: object, name: str) -> Tensor:
+    if not isinstance(value, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+    if not value.is_floating_point():
+        raise ValueError(f"{name} must be a floating-point tensor, got dtype {value.dtype}")
+    return value
+
+
+def _check_std(value: object, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a finite real number >= 0, got {type(value).__name__}")
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be a finite real number >= 0, got {value!r}")
+    return float(value)
+
+
+def _place(tensors: tuple[Tensor, ...], dtype: torch.dtype, device: object) -> tuple[Tensor, ...]:
+    device = torch.device("cpu") if device is None else torch.device(device)
+    return tuple(t.to(device=device, dtype=dtype) for t in tensors)
+
+
+# --- widening valley (Orvieto et al. 2022, Sec. 3) -----------------------------------------------
+
+
+def _check_valley(u: object, v: object) -> tuple[Tensor, Tensor]:
+    u, v = _check_tensor(u, "u"), _check_tensor(v, "v")
+    if u.ndim < 1:
+        raise ValueError(f"u must have shape (..., d) with d >= 1, got {tuple(u.shape)}")
+    if v.shape != u.shape[:-1]:
+        raise ValueError(f"v must have shape u.shape[:-1] = {tuple(u.shape[:-1])}, got {tuple(v.shape)}")
+    return u, v
+
+
+def widening_valley_loss(u: Tensor, v: Tensor) -> Tensor:
+    r"""The widening valley :math:`L(u, v) = \tfrac12 v^2 \lVert u \rVert^2` (Orvieto et al. 2022, Sec. 3).
+
+    Every point with :math:`v = 0` or :math:`u = 0` is a minimum; the valley floor
+    :math:`v = 0` is flatter the smaller :math:`\lVert u \rVert` is, since
+    :math:`\operatorname{Tr} \nabla^2 L = d v^2 + \lVert u \rVert^2`
+    (:func:`widening_valley_hessian_trace`).
+
+    Shapes:
+        ``u``: :math:`(\dots, d)`; ``v``: :math:`(\dots)`; result :math:`(\dots)` (a
+        scalar for a single point), so a batch of points works too.
+
+    Raises:
+        TypeError: if ``u`` or ``v`` is not a tensor.
+        ValueError: if they are not floating point or ``v.shape != u.shape[:-1]``.
+    """
+    u, v = _check_valley(u, v)
+    return 0.5 * v.pow(2) * u.pow(2).sum(dim=-1)
+
+
+def widening_valley_hessian_trace(u: Tensor, v: Tensor) -> Tensor:
+    r"""The trace of the Hessian of the widening valley, :math:`d v^2 + \lVert u \rVert^2`.
+
+    From :math:`\partial^2 L / \partial u_i^2 = v^2` (:math:`d` of them) and
+    :math:`\partial^2 L / \partial v^2 = \lVert u \rVert^2`. Then for
+    :math:`\xi \sim \mathcal N(0, \sigma^2 I_{d+1})`, exactly,
+    :math:`\mathbb E\, L(u + \xi_u, v + \xi_v) = L + \tfrac{\sigma^2}{2}
+    \operatorname{Tr} \nabla^2 L + \tfrac{d \sigma^4}{2}`.
+
+    Shapes, Raises: as :func:`widening_valley_loss`.
+    """
+    u, v = _check_valley(u, v)
+    return u.shape[-1] * v.pow(2) + u.pow(2).sum(dim=-1)
+
+
+# --- sparse regression, quadratically parametrised (Orvieto et al. 2022, Sec. 4) ---------------
+
+
+def _sparse_truth(generator: torch.Generator, d: int, k: int, signs: bool) -> Tensor:
+    support = torch.randperm(d, generator=generator)[:k]
+    beta = torch.zeros(d, dtype=torch.float64)
+    values = torch.ones(k, dtype=torch.float64)
+    if signs:
+        heads = torch.rand(k, generator=generator, dtype=torch.float64) < 0.5
+        values = torch.where(heads, -values, values)
+    beta[support] = values
+    return beta
+
+
+def _check_sparse_sizes(n: object, d: object, k: object) -> tuple[int, int, int]:
+    n = _check_count(n, "n", 1)
+    d = _check_count(d, "d", 1)
+    k = _check_count(k, "k", 0)
+    if k > d:
+        raise ValueError(f"k must be an int in [0, d] = [0, {d}], got {k}")
+    return n, d, k
+
+
+def quadratic_sparse_regression(
+    n: int = 40,
+    d: int = 100,
+    k: int = 5,
+    *,
+    noise_std: float = 0.0,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float64,
+    device: torch.device | str | None = None,
+) -> SparseRegression:
+    r"""The sparse regression problem on which Anti-PGD finds the sparse solution.
+
+    Orvieto et al. (2022), Sec. 4 (after HaoChen et al. 2021): :math:`n = 40`
+    observations in :math:`d = 100` dimensions, so the problem is underdetermined,
+    and a :math:`k`-sparse non-negative truth that the quadratic parametrisation
+    :math:`\beta = w \odot w` can represent:
+
+    .. math::
+
+        x_{ij} \sim \mathcal N(0, 1), \qquad
+        \beta^\star_j = 1 \ (j \in S), \ 0 \text{ otherwise}, \quad |S| = k, \qquad
+        y = x \beta^\star + s \eta, \quad \eta \sim \mathcal N(0, I_n).
+
+    Train it with :func:`quadratic_regression_loss`.
+
+    **Draw order.** A CPU generator seeded with ``seed`` draws ``x`` :math:`(n, d)`,
+    then the support ``randperm(d)[:k]``, then :math:`\eta`, all in float64.
+
+    Args:
+        n, d: the numbers of observations and of features, :math:`\ge 1`.
+        k: the number of non-zero coefficients, :math:`0 \le k \le d`.
+        noise_std: :math:`s \ge 0` (a standard deviation); 0 gives an exact fit.
+        seed: a non-negative int.
+        dtype, device: where the tensors go (default float64 on the CPU).
+
+    Returns:
+        SparseRegression: ``x`` :math:`(n, d)`, ``y`` :math:`(n,)`, ``beta_star`` :math:`(d,)`.
+
+    Raises:
+        TypeError: if a size, ``seed`` or ``noise_std`` has the wrong type.
+        ValueError: if a size is out of range, ``noise_std`` is negative or not
+            finite, ``seed`` is negative or ``dtype`` is not a real floating dtype.
+    """
+    n, d, k = _check_sparse_sizes(n, d, k)
+    noise_std = _check_std(noise_std, "noise_std")
+    dtype = _check_dtype(dtype)
+    generator = make_generator(seed, device="cpu")
+    x = torch.randn(n, d, generator=generator, dtype=torch.float64)
+    beta = _sparse_truth(generator, d, k, signs=False)
+    eta = torch.randn(n, generator=generator, dtype=torch.float64)
+    y = x @ beta + noise_std * eta
+    return SparseRegression(*_place((x, y, beta), dtype, device))
+
+
+def _check_regression(x: object, y: object, width: int, name: str = "w") -> tuple[Tensor, Tensor]:
+    x, y = _check_tensor(x, "x"), _check_tensor(y, "y")
+    if x.ndim != 2 or x.shape[1] != width:
+        raise ValueError(f"x must have shape (n, d) with d = {name}'s length {width}, got {tuple(x.shape)}")
+    if y.shape != (x.shape[0],):
+        raise ValueError(f"y must have shape (n,) = ({x.shape[0]},), got {tuple(y.shape)}")
+    return x, y
+
+
+def _check_vector(w: object, name: str) -> Tensor:
+    w = _check_tensor(w, name)
+    if w.ndim != 1:
+        raise ValueError(f"{name} must have shape (d,), got {tuple(w.shape)}")
+    return w
+
+
+def quadratic_regression_loss(w: Tensor, x: Tensor, y: Tensor) -> Tensor:
+    r"""The quadratically parametrised least-squares loss of Orvieto et al. (2022), Sec. 4.
+
+    .. math::
+
+        L(w) = \frac{1}{4n} \lVert x (w \odot w) - y \rVert^2 .
+
+    Shapes:
+        ``w`` :math:`(d,)`, ``x`` :math:`(n, d)`, ``y`` :math:`(n,)`; a scalar out.
+
+    Raises:
+        TypeError: if an argument is not a tensor.
+        ValueError: on non-floating tensors or mismatched shapes.
+    """
+    w = _check_vector(w, "w")
+    x, y = _check_regression(x, y, w.shape[0])
+    return (x @ (w * w) - y).pow(2).sum() / (4 * x.shape[0])
+
+
+def quadratic_regression_hessian_trace(w: Tensor, x: Tensor, y: Tensor) -> Tensor:
+    r"""The trace of the Hessian of :func:`quadratic_regression_loss`.
+
+    With :math:`\beta = w \odot w`, :math:`r = x\beta - y` and :math:`G = x^\top x / n`,
+
+    .. math::
+
+        \operatorname{Tr} \nabla^2 L(w) = 2 \sum_j G_{jj} w_j^2 + \frac1n \sum_j (x^\top r)_j ,
+
+    which at an interpolating solution (:math:`r = 0`) is the weighted L1 norm
+    :math:`2 \sum_j G_{jj} \beta_j`: the regulariser of Anti-PGD favours sparse
+    :math:`\beta`.
+
+    Shapes, Raises: as :func:`quadratic_regression_loss`.
+    """
+    w = _check_vector(w, "w")
+    x, y = _check_regression(x, y, w.shape[0])
+    n = x.shape[0]
+    residual = x @ (w * w) - y
+    return 2 * (x.pow(2).sum(dim=0) / n * w.pow(2)).sum() + (x.T @ residual).sum() / n
+
+
+# --- diagonal linear network (Orvieto et al. 2023) -------------------------------------------------
+
+
+def diagonal_linear_regression(
+    n: int = 40,
+    d: int = 100,
+    k: int = 5,
+    *,
+    noise_std: float = 0.0,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float64,
+    device: torch.device | str | None = None,
+) -> SparseRegression:
+    r"""A sparse regression problem with standardised features, for diagonal linear networks.
+
+    .. math::
+
+        \tilde x_{ij} \sim \mathcal N(0, 1), \qquad
+        x_{ij} = \frac{\tilde x_{ij} - \bar x_j}{s_j}, \qquad
+        \beta^\star_j = \pm 1 \ (j \in S), \ 0 \text{ otherwise}, \qquad
+        y = x \beta^\star + s \eta,
+
+    where :math:`\bar x_j` and :math:`s_j` are the column mean and (population,
+    :math:`1/n`) standard deviation, so every column has mean 0 and
+    :math:`(x^\top x / n)_{jj} = 1`, and the signs are :math:`\pm 1` with probability
+    :math:`\tfrac12`. With these features, the balanced stationary points of
+    perturbed gradient descent on :func:`diagonal_network_loss` solve the lasso with
+    :math:`\lambda = \sigma^2` in scikit-learn's convention
+    (``Lasso(alpha=sigma**2, fit_intercept=False)``; Orvieto et al. 2023).
+
+    **Draw order.** A CPU generator seeded with ``seed`` draws :math:`\tilde x`
+    :math:`(n, d)`, the support ``randperm(d)[:k]``, the signs ``rand(k)``, then
+    :math:`\eta`, all in float64.
+
+    Args, Returns, Raises: as :func:`quadratic_sparse_regression`; :math:`n \ge 2`
+    (a standard deviation needs two rows).
+    """
+    n, d, k = _check_sparse_sizes(n, d, k)
+    if n < 2:
+        raise ValueError(f"n must be an int >= 2 to standardise the columns, got {n}")
+    noise_std = _check_std(noise_std, "noise_std")
+    dtype = _check_dtype(dtype)
+    generator = make_generator(seed, device="cpu")
+    raw = torch.randn(n, d, generator=generator, dtype=torch.float64)
+    x = (raw - raw.mean(dim=0)) / raw.std(dim=0, correction=0)
+    beta = _sparse_truth(generator, d, k, signs=True)
+    eta = torch.randn(n, generator=generator, dtype=torch.float64)
+    y = x @ beta + noise_std * eta
+    return SparseRegression(*_place((x, y, beta), dtype, device))
+
+
+def diagonal_network_loss(u: Tensor, v: Tensor, x: Tensor, y: Tensor) -> Tensor:
+    r"""Least squares for the diagonal linear network :math:`\beta = u \odot v`.
+
+    .. math::
+
+        L(u, v) = \frac{1}{2n} \lVert x (u \odot v) - y \rVert^2 .
+
+    Shapes:
+        ``u``, ``v`` :math:`(d,)`, ``x`` :math:`(n, d)`, ``y`` :math:`(n,)`; a scalar out.
+
+    Raises:
+        TypeError: if an argument is not a tensor.
+        ValueError: on non-floating tensors or mismatched shapes.
+    """
+    u, v = _check_vector(u, "u"), _check_vector(v, "v")
+    if u.shape != v.shape:
+        raise ValueError(f"v must have the shape of u {tuple(u.shape)}, got {tuple(v.shape)}")
+    x, y = _check_regression(x, y, u.shape[0], "u")
+    return (x @ (u * v) - y).pow(2).sum() / (2 * x.shape[0])
+
+
+def diagonal_network_hessian_trace(u: Tensor, v: Tensor, x: Tensor) -> Tensor:
+    r"""The trace of the Hessian of :func:`diagonal_network_loss`: :math:`\sum_j G_{jj} (u_j^2 + v_j^2)`.
+
+    :math:`G = x^\top x / n`. The residual enters only the off-diagonal blocks, so
+    the trace does not depend on :math:`y`. For :math:`\xi \sim \mathcal N(0,
+    \sigma^2 I_{2d})`, exactly, :math:`\mathbb E\, L(u + \xi_u, v + \xi_v) = L +
+    \tfrac{\sigma^2}{2} \operatorname{Tr} \nabla^2 L + \tfrac{\sigma^4}{2} \sum_j G_{jj}`;
+    with standardised features and :math:`|u_j| = |v_j|` the middle term is
+    :math:`\sigma^2 \lVert \beta \rVert_1`.
+
+    Shapes:
+        ``u``, ``v`` :math:`(d,)`, ``x`` :math:`(n, d)`; a scalar out.
+
+    Raises:
+        TypeError, ValueError: as :func:`diagonal_network_loss`.
+    """
+    u, v = _check_vector(u, "u"), _check_vector(v, "v")
+    if u.shape != v.shape:
+        raise ValueError(f"v must have the shape of u {tuple(u.shape)}, got {tuple(v.shape)}")
+    x = _check_tensor(x, "x")
+    if x.ndim != 2 or x.shape[1] != u.shape[0]:
+        raise ValueError(f"x must have shape (n, d) with d = {u.shape[0]}, got {tuple(x.shape)}")
+    diagonal = x.pow(2).sum(dim=0) / x.shape[0]
+    return (diagonal * (u.pow(2) + v.pow(2))).sum()
+
+
+# --- matrix sensing --------------------------------------------------------------------------------
+
+
+def matrix_sensing(
+    n: int = 100,
+    d: int = 10,
+    rank: int = 2,
+    *,
+    noise_std: float = 0.0,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float64,
+    device: torch.device | str | None = None,
+) -> MatrixSensing:
+    r"""A low-rank matrix-sensing problem with Gaussian measurements.
+
+    .. math::
+
+        B^\star = \frac{U V^\top}{\lVert U V^\top \rVert_F}, \quad U, V \in \mathbb R^{d \times r}
+        \text{ with } \mathcal N(0, 1) \text{ entries}, \qquad
+        (A_i)_{jk} \sim \mathcal N(0, 1), \qquad
+        y_i = \langle A_i, B^\star \rangle + s \eta_i ,
+
+    so :math:`\lVert B^\star \rVert_F = 1` and :math:`\operatorname{rank} B^\star = r`
+    (almost surely). With :math:`n < d^2` the measurements do not pin :math:`B` down;
+    a factorised model :math:`B = W_2 W_1` trained on :func:`matrix_sensing_loss`
+    has to choose, and noise injection biases the choice towards a small nuclear
+    norm (Orvieto et al. 2023). Since :math:`\mathbb E[A_i \otimes A_i] = I`,
+    :math:`\mathbb E_A L(B) = \tfrac12 \lVert B - B^\star \rVert_F^2 + \text{noise}`.
+
+    **Draw order.** A CPU generator seeded with ``seed`` draws :math:`U`, :math:`V`,
+    then :math:`A` :math:`(n, d, d)`, then :math:`\eta`, all in float64.
+
+    Args:
+        n: the number of measurements, :math:`\ge 1`.
+        d: the matrix side, :math:`\ge 1`.
+        rank: :math:`1 \le r \le d`.
+        noise_std, seed, dtype, device: as :func:`quadratic_sparse_regression`.
+
+    Returns:
+        MatrixSensing: ``a`` :math:`(n, d, d)`, ``y`` :math:`(n,)`, ``b_star`` :math:`(d, d)`.
+
+    Raises:
+        TypeError, ValueError: as :func:`quadratic_sparse_regression`, and if ``rank``
+            is not in :math:`[1, d]`.
+    """
+    n = _check_count(n, "n", 1)
+    d = _check_count(d, "d", 1)
+    rank = _check_count(rank, "rank", 1)
+    if rank > d:
+        raise ValueError(f"rank must be an int in [1, d] = [1, {d}], got {rank}")
+    noise_std = _check_std(noise_std, "noise_std")
+    dtype = _check_dtype(dtype)
+    generator = make_generator(seed, device="cpu")
+    left = torch.randn(d, rank, generator=generator, dtype=torch.float64)
+    right = torch.randn(d, rank, generator=generator, dtype=torch.float64)
+    b_star = left @ right.T
+    b_star = b_star / torch.linalg.matrix_norm(b_star)
+    a = torch.randn(n, d, d, generator=generator, dtype=torch.float64)
+    eta = torch.randn(n, generator=generator, dtype=torch.float64)
+    y = (a * b_star).sum(dim=(1, 2)) + noise_std * eta
+    return MatrixSensing(*_place((a, y, b_star), dtype, device))
+
+
+def matrix_sensing_loss(b: Tensor, a: Tensor, y: Tensor) -> Tensor:
+    r"""The matrix-sensing loss :math:`L(B) = \frac{1}{2n} \sum_i (\langle A_i, B \rangle - y_i)^2`.
+
+    :math:`\langle A, B \rangle = \sum_{jk} A_{jk} B_{jk}`. Pass a product of
+    factors for ``b`` (e.g. ``w2 @ w1``) to train a factorised model.
+
+    Shapes:
+        ``b`` :math:`(d, d)`, ``a`` :math:`(n, d, d)`, ``y`` :math:`(n,)`; a scalar out.
+
+    Raises:
+        TypeError: if an argument is not a tensor.
+        ValueError: on non-floating tensors or mismatched shapes.
+    """
+    b, a, y = _check_tensor(b, "b"), _check_tensor(a, "a"), _check_tensor(y, "y")
+    if b.ndim != 2:
+        raise ValueError(f"b must have shape (d, d'), got {tuple(b.shape)}")
+    if a.ndim != 3 or a.shape[1:] != b.shape:
+        raise ValueError(f"a must have shape (n, {b.shape[0]}, {b.shape[1]}), got {tuple(a.shape)}")
+    if y.shape != (a.shape[0],):
+        raise ValueError(f"y must have shape (n,) = ({a.shape[0]},), got {tuple(y.shape)}")
+    return ((a * b).sum(dim=(1, 2)) - y).pow(2).sum() / (2 * a.shape[0])
+
+
+# --- sum of sines (Rahaman et al. 2019, as in Camuto et al. 2020, Figs. 4-5) ---------------------
+
+
+def sum_of_sines(
+    n: int = 200,
+    frequencies: Sequence[float] = tuple(range(5, 55, 5)),
+    amplitudes: Sequence[float] | None = None,
+    *,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float64,
+    device: torch.device | str | None = None,
+) -> SumOfSines:
+    r"""The spectral-bias regression target of Rahaman et al. (2019) on an even grid.
+
+    .. math::
+
+        x_j = j / N \ (j = 0, \dots, N - 1), \qquad
+        f(x) = \sum_{k=1}^{K} A_k \sin(2\pi f_k x + \varphi_k), \quad
+        \varphi_k \sim \mathcal U[0, 2\pi),
+
+    with by default :math:`N = 200` points on :math:`[0, 1)`, frequencies
+    :math:`f_k = 5, 10, \dots, 50` and unit amplitudes, as in the code of Camuto et
+    al. (2020) for their Figs. 4 and 5. On this grid frequency :math:`f_k` is FFT
+    bin :math:`f_k` exactly (for :math:`f_k < N / 2`).
+
+    **Draw order.** A CPU generator seeded with ``seed`` draws the phases
+    ``2 * pi * torch.rand(K)`` in float64; nothing else is random.
+
+    Args:
+        n: :math:`N \ge 2`.
+        frequencies: :math:`K \ge 1` finite reals.
+        amplitudes: :math:`K` finite reals; ``None`` means all ones.
+        seed, dtype, device: as :func:`regression_1d`.
+
+    Returns:
+        SumOfSines: ``x`` and ``y`` of shape :math:`(N, 1)`, and the frequencies,
+        phases and amplitudes, each of shape :math:`(K,)`.
+
+    Raises:
+        TypeError: if ``n`` or ``seed`` has the wrong type.
+        ValueError: if ``n < 2``, ``frequencies`` is empty or not finite reals,
+            ``amplitudes`` does not match it, or ``dtype`` is bad.
+    """
+    n = _check_count(n, "n", 2)
+    freqs = _check_reals(frequencies, "frequencies")
+    if amplitudes is None:
+        amps = [1.0] * len(freqs)
+    else:
+        amps = _check_reals(amplitudes, "amplitudes")
+        if len(amps) != len(freqs):
+            raise ValueError(
+                f"amplitudes must have one entry per frequency ({len(freqs)}), got {len(amps)}"
+            )
+    dtype = _check_dtype(dtype)
+    generator = make_generator(seed, device="cpu")
+    phases = 2 * math.pi * torch.rand(len(freqs), generator=generator, dtype=torch.float64)
+    f = torch.tensor(freqs, dtype=torch.float64)
+    a = torch.tensor(amps, dtype=torch.float64)
+    x = torch.arange(n, dtype=torch.float64) / n
+    y = (a * torch.sin(2 * math.pi * f * x.unsqueeze(1) + phases)).sum(dim=1)
+    placed = _place((x.unsqueeze(1), y.unsqueeze(1), f, phases, a), dtype, device)
+    return SumOfSines(*placed)
+
+
+def _check_reals(values: object, name: str) -> list[float]:
+    if isinstance(values, Tensor):
+        values = values.tolist()
+    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or len(values) == 0:
+        raise ValueError(f"{name} must be a non-empty sequence of finite reals, got {values!r}")
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v):
+            raise ValueError(f"{name} must be a non-empty sequence of finite reals, got {values!r}")
+    return [float(v) for v in values]
+
+
+# --- scikit-learn's bundled data sets ----------------------------------------------------------------
+
+
+def _check_fraction(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"test_fraction must be a real number in (0, 1), got {type(value).__name__}")
+    if not 0 < value < 1:
+        raise ValueError(f"test_fraction must be a real number in (0, 1), got {value!r}")
+    return float(value)
+
+
+def _split_and_standardise(
+    x: Tensor, y: Tensor, test_fraction: float, seed: int
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    n = x.shape[0]
+    n_test = max(1, min(n - 2, round(test_fraction * n)))
+    order = torch.randperm(n, generator=make_generator(seed, device="cpu"))
+    test, train = order[:n_test], order[n_test:]
+    mean = x[train].mean(dim=0)
+    std = x[train].std(dim=0, correction=0)
+    std = torch.where(std > 0, std, torch.ones_like(std))  # constant pixels stay 0
+    return (x[train] - mean) / std, y[train], (x[test] - mean) / std, y[test]
+
+
+def load_digits_split(
+    test_fraction: float = 0.25,
+    *,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float64,
+    device: torch.device | str | None = None,
+) -> Split:
+    r"""scikit-learn's bundled 8×8 digits (1797 images, 10 classes), split and standardised.
+
+    The book's stand-in for MNIST and USPS (Rifai et al. 2011). Nothing is
+    downloaded: the data ship with scikit-learn.
+
+    **Split.** ``torch.randperm(1797)`` from a CPU generator seeded with ``seed``;
+    the first :math:`\operatorname{round}(1797 \cdot` ``test_fraction``:math:`)`
+    indices are the test set, the rest the training set (in permuted order).
+
+    **Standardisation.** Each of the 64 pixels is centred and divided by its
+    population standard deviation, both computed **on the training set only**
+    and applied to both sets; pixels that are constant on the training set
+    (always 0 at the border) are only centred.
+
+    Args:
+        test_fraction: in :math:`(0, 1)`.
+        seed: a non-negative int; the same seed gives the same split.
+        dtype, device: for the inputs (the labels are int64 on ``device``).
+
+    Returns:
+        Split: ``x_train`` :math:`(n_\text{train}, 64)`, ``y_train``
+        :math:`(n_\text{train},)` int64 in :math:`\{0, \dots, 9\}`, and the same for the test set.
+
+    Raises:
+        TypeError, ValueError: on a bad ``test_fraction``, ``seed`` or ``dtype``.
+        ImportError: if scikit-learn is not installed.
+    """
+    from sklearn.datasets import load_digits
+
+    test_fraction = _check_fraction(test_fraction)
+    dtype = _check_dtype(dtype)
+    make_generator(seed, device="cpu")  # validates seed before any work
+    data = load_digits()
+    x = torch.as_tensor(data.data, dtype=torch.float64)
+    y = torch.as_tensor(data.target, dtype=torch.int64)
+    x_train, y_train, x_test, y_test = _split_and_standardise(x, y, test_fraction, seed)
+    device = torch.device("cpu") if device is None else torch.device(device)
+    return Split(
+        x_train.to(device=device, dtype=dtype), y_train.to(device),
+        x_test.to(device=device, dtype=dtype), y_test.to(device),
+    )
+
+
+def load_diabetes_split(
+    test_fraction: float = 0.25,
+    *,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float64,
+    device: torch.device | str | None = None,
+) -> Split:
+    r"""scikit-learn's bundled diabetes regression (442 patients, 10 features), split and standardised.
+
+    The book's stand-in for the house-price regression. The raw features
+    (``load_diabetes(scaled=False)``) and the target (disease progression after
+    one year) are each centred and divided by their population standard deviation
+    computed **on the training set only**, so the training targets have mean 0 and
+    variance 1 and a constant predictor has MSE loss about ½. The split is as in
+    :func:`load_digits_split`.
+
+    Returns:
+        Split: ``x_train`` :math:`(n_\text{train}, 10)`, ``y_train``
+        :math:`(n_\text{train}, 1)`, and the same for the test set, all ``dtype``.
+
+    Raises:
+        TypeError, ValueError: on a bad ``test_fraction``, ``seed`` or ``dtype``.
+        ImportError: if scikit-learn is not installed.
+    """
+    from sklearn.datasets import load_diabetes
+
+    test_fraction = _check_fraction(test_fraction)
+    dtype = _check_dtype(dtype)
+    make_generator(seed, device="cpu")
+    data = load_diabetes(scaled=False)
+    x = torch.as_tensor(data.data, dtype=torch.float64)
+    y = torch.as_tensor(data.target, dtype=torch.float64).unsqueeze(1)
+    x_train, y_train, x_test, y_test = _split_and_standardise(x, y, test_fraction, seed)
+    y_mean, y_std = y_train.mean(), y_train.std(correction=0)
+    y_train, y_test = (y_train - y_mean) / y_std, (y_test - y_mean) / y_std
+    return Split(*_place((x_train, y_train, x_test, y_test), dtype, device))

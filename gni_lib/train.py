@@ -13,6 +13,15 @@ loss at one noise draw, as in Camuto et al. (2020), Sec. 5. :math:`P` is an
 optional penalty, for example :func:`gni_lib.penalties.jacobian_penalty`
 or the explicit regulariser. It records the *clean* losses (noise off) on the
 whole training and test sets as it goes, in a :class:`History`.
+
+The step is taken by any :class:`torch.optim.Optimizer`: one named in
+:data:`OPTIMIZERS` (plain SGD, Adam, and the noisy optimisers of
+:mod:`gni_lib.optim`: PGD, Anti-PGD, perturbed GD) or an instance built by the
+caller. The three ways of regularising with noise that the book compares all
+fit in: noise in the network (``MLP(..., sigma=s)``, the default
+``inject_noise=True``), noise in the optimiser (``optimizer="anti_pgd"``), and the
+explicit regulariser in place of the noise (``penalty=R``, ``inject_noise=False``).
+Many seeds at once: :func:`gni_lib.ensemble.train_ensemble`.
 """
 
 from __future__ import annotations
@@ -29,16 +38,28 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from .losses import get_loss
+from .optim import PGD, AntiPGD, PerturbedGD
 
 __all__ = ["History", "train", "OPTIMIZERS"]
 
-#: The optimisers ``train`` accepts, by name: a factory ``(parameters, lr) -> Optimizer``.
-#: Plain updates only: ``"sgd"`` is :math:`\theta \leftarrow \theta - \eta \nabla \mathcal J`
-#: (no momentum, no weight decay), ``"adam"`` is :class:`torch.optim.Adam` with its defaults.
-OPTIMIZERS: dict[str, Callable[[list[nn.Parameter], float], torch.optim.Optimizer]] = {
-    "adam": lambda params, lr: torch.optim.Adam(params, lr=lr),
-    "sgd": lambda params, lr: torch.optim.SGD(params, lr=lr),
+#: The optimisers ``train`` accepts, by name: a factory ``(parameters, lr, **kwargs) -> Optimizer``,
+#: the keyword arguments coming from ``train(..., optimizer_kwargs=...)``.
+#: ``"sgd"`` is :math:`\theta \leftarrow \theta - \eta \nabla \mathcal J` (no momentum, no
+#: weight decay unless given), ``"adam"`` is :class:`torch.optim.Adam` with its defaults;
+#: ``"pgd"``, ``"anti_pgd"`` and ``"perturbed_gd"`` are :class:`gni_lib.optim.PGD`,
+#: :class:`~gni_lib.optim.AntiPGD` and :class:`~gni_lib.optim.PerturbedGD`, which need
+#: ``optimizer_kwargs={"sigma": s}`` and take ``generator``, ``layerwise`` (perturbed GD) and
+#: ``base`` with its settings.
+OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
+    "adam": lambda params, lr, **kwargs: torch.optim.Adam(params, lr=lr, **kwargs),
+    "sgd": lambda params, lr, **kwargs: torch.optim.SGD(params, lr=lr, **kwargs),
+    "pgd": lambda params, lr, **kwargs: PGD(params, lr=lr, **kwargs),
+    "anti_pgd": lambda params, lr, **kwargs: AntiPGD(params, lr=lr, **kwargs),
+    "perturbed_gd": lambda params, lr, **kwargs: PerturbedGD(params, lr=lr, **kwargs),
 }
+
+#: History fields that ``record_extra`` names may not shadow.
+_RESERVED = ("steps", "train_loss", "test_loss", "penalty", "train_accuracy", "test_accuracy")
 
 
 @dataclass
@@ -53,21 +74,41 @@ class History:
         test_loss: the same on the test set; empty when no test set was given.
         penalty: :math:`P(F_\theta, x)` on the whole training set, without the
             weight :math:`\lambda`; empty when no penalty was given.
+        train_accuracy: for ``loss="ce"``, the fraction of the training set whose
+            largest logit is the label (clean network); empty for ``"mse"``.
+        test_accuracy: the same on the test set.
+        extra: ``{name: values}`` from ``record_extra`` (e.g. a Hessian trace or the
+            explicit regulariser :math:`R`), one value per recorded step.
     """
 
     steps: list[int] = field(default_factory=list)
     train_loss: list[float] = field(default_factory=list)
     test_loss: list[float] = field(default_factory=list)
     penalty: list[float] = field(default_factory=list)
+    train_accuracy: list[float] = field(default_factory=list)
+    test_accuracy: list[float] = field(default_factory=list)
+    extra: dict[str, list[float]] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, list]:
-        """Return the history as a dict of (copied) lists, e.g. for ``pandas.DataFrame``."""
-        return {
+        """Return the history as a dict of (copied) lists, e.g. for ``pandas.DataFrame``.
+
+        The keys ``steps``, ``train_loss``, ``test_loss`` and ``penalty`` are always
+        there (possibly empty); ``train_accuracy``, ``test_accuracy`` and each name
+        of ``extra`` only when something was recorded under them.
+        """
+        out = {
             "steps": list(self.steps),
             "train_loss": list(self.train_loss),
             "test_loss": list(self.test_loss),
             "penalty": list(self.penalty),
         }
+        if self.train_accuracy:
+            out["train_accuracy"] = list(self.train_accuracy)
+        if self.test_accuracy:
+            out["test_accuracy"] = list(self.test_accuracy)
+        for name, values in self.extra.items():
+            out[name] = list(values)
+        return out
 
 
 def _check_positive_int(value: object, name: str) -> int:
@@ -127,9 +168,10 @@ def train(
     y: Tensor,
     *,
     steps: int,
-    lr: float,
+    lr: float | None = None,
     loss: str = "mse",
-    optimizer: str = "adam",
+    optimizer: str | torch.optim.Optimizer = "adam",
+    optimizer_kwargs: dict | None = None,
     penalty: Callable[[nn.Module, Tensor], Tensor] | None = None,
     penalty_weight: float = 1.0,
     x_test: Tensor | None = None,
@@ -138,6 +180,8 @@ def train(
     batch_size: int | None = None,
     generator: torch.Generator | None = None,
     progress: bool | None = None,
+    inject_noise: bool = True,
+    record_extra: dict[str, Callable[[nn.Module], float]] | None = None,
 ) -> History:
     r"""Train ``model`` in place for ``steps`` optimiser updates and return what was recorded.
 
@@ -149,11 +193,23 @@ def train(
             + \lambda\, P(F_\theta, x_{\mathcal B_t})
 
     (the penalty term only when ``penalty`` is given), computed with the model in
-    ``train()`` mode, so noise sites draw fresh noise at every update. For
-    ``optimizer="sgd"`` the update is :math:`\theta \leftarrow \theta - \eta
-    \nabla_\theta \mathcal J_t`. The update is taken as ``opt.step(closure)``, the
-    closure zeroing the gradients and computing and back-propagating
-    :math:`\mathcal J_t`, so optimisers that re-evaluate the objective fit in.
+    ``train()`` mode, so noise sites draw fresh noise at every update
+    (``inject_noise=False`` computes it in ``eval()`` mode instead: noise sites
+    off). For ``optimizer="sgd"`` the update is :math:`\theta \leftarrow \theta -
+    \eta \nabla_\theta \mathcal J_t`. The update is taken as ``opt.step(closure)``,
+    the closure zeroing the model's gradients and computing and back-propagating
+    :math:`\mathcal J_t`, so optimisers that re-evaluate the objective fit in
+    (:class:`gni_lib.optim.PerturbedGD` calls it at the perturbed weights).
+
+    **Loss plus R.** To train on :math:`L + \lambda R` with the explicit
+    regulariser in place of the noise, keep the noise sites' :math:`\sigma_k`
+    (:math:`R` reads them) and turn the injection off::
+
+        train(model, x, y, steps=..., lr=..., penalty=R, inject_noise=False,
+              record_extra={"hessian_trace": trace_of})
+
+    where ``R(model, x_batch)`` returns a differentiable scalar (e.g. a wrapper
+    of the explicit regulariser) and ``trace_of(model)`` a number.
 
     **Batches.** ``batch_size=None`` (or equal to :math:`n`) uses the whole
     training set at every update, in its given order, and draws no random
@@ -167,9 +223,12 @@ def train(
     mode and :func:`train` records :math:`t`, the clean loss on the whole
     training set and, if given, on the test set (under :func:`torch.no_grad`),
     and the unweighted penalty :math:`P(F_\theta, x)` on the whole training set
-    (with autograd enabled, since penalties differentiate, then detached); then
-    ``train()`` mode is restored. A penalty that draws random numbers therefore
-    also draws them when recording.
+    (with autograd enabled, since penalties differentiate, then detached). For
+    ``loss="ce"`` it also records the accuracies. Then each ``record_extra``
+    callable is called as ``fn(model)``, still in ``eval()`` mode with autograd
+    enabled, and its value (a real number or one-element tensor) is stored in
+    ``history.extra[name]``. Then the training mode is restored. A penalty or
+    extra that draws random numbers therefore also draws them when recording.
 
     **On return the model is in** ``eval()`` **mode** (noise off), also when an
     error stops training.
@@ -180,9 +239,16 @@ def train(
         y: training targets, :math:`(n, d_\text{out})` for ``"mse"``, :math:`(n,)`
             int64 class indices for ``"ce"``.
         steps: :math:`T \ge 1`, the number of optimiser updates.
-        lr: the step size :math:`\eta > 0`.
+        lr: the step size :math:`\eta > 0`; required with an optimizer name, and
+            must be ``None`` with an optimizer instance (which holds its own).
         loss: ``"mse"`` or ``"ce"`` (:mod:`gni_lib.losses`).
-        optimizer: ``"adam"`` or ``"sgd"`` (plain, no momentum); see :data:`OPTIMIZERS`.
+        optimizer: a name in :data:`OPTIMIZERS` (``"adam"``, ``"sgd"``, ``"pgd"``,
+            ``"anti_pgd"``, ``"perturbed_gd"``), or a :class:`torch.optim.Optimizer`
+            instance over (some of) the model's parameters, e.g.
+            ``AntiPGD(model.parameters(), lr, sigma, generator=g)``; an instance keeps
+            its state after :func:`train` returns, so a second call continues the run.
+        optimizer_kwargs: keyword arguments for the named optimizer's factory,
+            e.g. ``{"sigma": 0.1, "generator": g}``; ``None`` with an instance.
         penalty: :math:`P`, called as ``penalty(model, x_batch)`` and returning a
             differentiable scalar.
         penalty_weight: :math:`\lambda \ge 0`.
@@ -193,6 +259,10 @@ def train(
             noise sites carry their own generators).
         progress: show a tqdm bar; ``None`` shows one only when stderr is a
             terminal and the environment variable ``CI`` is unset.
+        inject_noise: ``True`` (default) takes the steps in ``train()`` mode, so the
+            model's noise sites are on; ``False`` takes them in ``eval()`` mode.
+        record_extra: ``{name: fn}`` with ``fn(model) -> float``, recorded at each
+            record step into ``history.extra[name]``; names may not be History fields.
 
     Returns:
         History: the recorded steps and losses.
@@ -200,23 +270,56 @@ def train(
     Raises:
         TypeError: if an argument has the wrong type (``model`` not a module,
             ``x``/``y`` not tensors, ``penalty`` not callable, ...).
-        ValueError: if ``steps < 1``, ``lr`` is not a finite positive number,
-            ``penalty_weight`` is negative or not finite, ``loss`` or ``optimizer``
-            is unknown, ``x`` and ``y`` (or ``x_test`` and ``y_test``) differ in
+        ValueError: if ``steps < 1``, ``lr`` is not a finite positive number (or is
+            missing with a name, or given with an instance), ``penalty_weight`` is
+            negative or not finite, ``loss`` or ``optimizer`` is unknown, an optimizer
+            instance holds tensors that are not the model's parameters, ``x`` and
+            ``y`` (or ``x_test`` and ``y_test``) differ in
             batch size, only one of ``x_test``/``y_test`` is given,
             ``record_every < 1``, ``batch_size`` is outside :math:`[1, n]`, or the
             targets do not suit the loss (:mod:`gni_lib.losses`).
         FloatingPointError: if the training objective becomes NaN or infinite;
             the message names the update. The failing update is not applied.
+            (The noisy optimisers also refuse a non-finite gradient, with
+            :class:`gni_lib.optim.NonFiniteGradientError`, a subclass of both
+            ``ValueError`` and ``FloatingPointError``.)
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     x, y = _check_pair(x, y, "x", "y")
     steps = _check_positive_int(steps, "steps")
-    lr = _check_real(lr, "lr", positive=True)
+    if isinstance(optimizer, torch.optim.Optimizer):
+        if lr is not None:
+            raise ValueError(
+                "lr must be None when optimizer is a torch.optim.Optimizer instance "
+                "(its param groups hold the step size)"
+            )
+        if optimizer_kwargs is not None:
+            raise ValueError("optimizer_kwargs must be None when optimizer is an instance")
+        owned = {id(p) for p in model.parameters()}
+        for group in optimizer.param_groups:
+            for p in group["params"]:
+                if id(p) not in owned:
+                    raise ValueError(
+                        "optimizer holds a tensor that is not a parameter of model; build it on "
+                        "model.parameters()"
+                    )
+    elif isinstance(optimizer, str):
+        if optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {tuple(OPTIMIZERS)}, got {optimizer!r}")
+        if lr is None:
+            raise ValueError(f"lr must be given (a finite real number > 0) with optimizer={optimizer!r}")
+        lr = _check_real(lr, "lr", positive=True)
+        if optimizer_kwargs is not None and not isinstance(optimizer_kwargs, dict):
+            raise TypeError(
+                f"optimizer_kwargs must be a dict or None, got {type(optimizer_kwargs).__name__}"
+            )
+    else:
+        raise TypeError(
+            f"optimizer must be a name in {tuple(OPTIMIZERS)} or a torch.optim.Optimizer "
+            f"instance, got {type(optimizer).__name__}"
+        )
     loss_fn = get_loss(loss)
-    if not isinstance(optimizer, str) or optimizer not in OPTIMIZERS:
-        raise ValueError(f"optimizer must be one of {tuple(OPTIMIZERS)}, got {optimizer!r}")
     if penalty is not None and not callable(penalty):
         raise TypeError(
             f"penalty must be callable (model, x) -> scalar tensor, or None, "
@@ -243,24 +346,58 @@ def train(
             f"generator must be a torch.Generator or None, got {type(generator).__name__}"
         )
     show = _show_progress(progress)
+    if not isinstance(inject_noise, bool):
+        raise TypeError(f"inject_noise must be True or False, got {type(inject_noise).__name__}")
+    if record_extra is not None and not isinstance(record_extra, dict):
+        raise TypeError(
+            f"record_extra must be a dict name -> callable(model), got {type(record_extra).__name__}"
+        )
+    extras = dict(record_extra or {})
+    for name, fn in extras.items():
+        if not isinstance(name, str) or name in _RESERVED:
+            raise ValueError(f"record_extra names must be strings other than {_RESERVED}, got {name!r}")
+        if not callable(fn):
+            raise TypeError(f"record_extra[{name!r}] must be callable fn(model) -> float")
 
     history = History()
+    classify = loss == "ce"
+
+    def accuracy(logits: Tensor, labels: Tensor) -> float:
+        return float((logits.argmax(dim=1) == labels).double().mean())
 
     def record(step: int) -> None:
         model.eval()
         with torch.no_grad():
-            history.train_loss.append(float(loss_fn(model(x), y)))
+            out = model(x)
+            history.train_loss.append(float(loss_fn(out, y)))
+            if classify:
+                history.train_accuracy.append(accuracy(out, y))
             if x_test is not None:
-                history.test_loss.append(float(loss_fn(model(x_test), y_test)))
+                out_test = model(x_test)
+                history.test_loss.append(float(loss_fn(out_test, y_test)))
+                if classify:
+                    history.test_accuracy.append(accuracy(out_test, y_test))
         if penalty is not None:
             history.penalty.append(float(penalty(model, x).detach()))
+        for name, fn in extras.items():
+            value = fn(model)
+            if isinstance(value, Tensor) and value.numel() == 1:
+                value = value.detach().item()
+            if isinstance(value, bool) or not isinstance(value, numbers.Real):
+                raise TypeError(
+                    f"record_extra[{name!r}] must return a real number, got {type(value).__name__}"
+                )
+            history.extra.setdefault(name, []).append(float(value))
         history.steps.append(step)
-        model.train()
+        model.train(inject_noise)
 
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
-        raise ValueError("model has no trainable parameters (none with requires_grad=True)")
-    opt = OPTIMIZERS[optimizer](params, lr)
+    if isinstance(optimizer, torch.optim.Optimizer):
+        opt = optimizer
+    else:
+        params = [p for p in model.parameters() if p.requires_grad]
+        if not params:
+            raise ValueError("model has no trainable parameters (none with requires_grad=True)")
+        opt = OPTIMIZERS[optimizer](params, lr, **(optimizer_kwargs or {}))
     full_batch = batch_size is None or batch_size == n
     batches = None if full_batch else _minibatches(n, batch_size, generator, x.device)
 
@@ -273,10 +410,10 @@ def train(
             else:
                 index = next(batches)
                 x_batch, y_batch = x[index], y[index]
-            model.train()
+            model.train(inject_noise)
 
             def closure() -> Tensor:
-                opt.zero_grad(set_to_none=True)
+                model.zero_grad(set_to_none=True)
                 objective = loss_fn(model(x_batch), y_batch)
                 if penalty is not None:
                     objective = objective + penalty_weight * penalty(model, x_batch)

@@ -293,3 +293,159 @@ def _call(**overrides):
 def test_bad_arguments(overrides, error, name):
     with pytest.raises(error, match=name):
         _call(**overrides)
+
+
+# --- the noisy optimisers, instances, loss + R, extra records -----------------------------------------
+
+from gni_lib.noise import noise_sites  # noqa: E402
+from gni_lib.optim import PGD, AntiPGD, PerturbedGD  # noqa: E402
+
+
+def _hand_loop(model, opt, x, y, steps):
+    for _ in range(steps):
+        def closure():
+            opt.zero_grad(set_to_none=True)
+            objective = mse_loss(model(x), y)
+            objective.backward()
+            return objective
+
+        opt.step(closure)
+
+
+@pytest.mark.parametrize(
+    "name, cls, kwargs",
+    [
+        ("pgd", PGD, {}),
+        ("anti_pgd", AntiPGD, {}),
+        ("perturbed_gd", PerturbedGD, {}),
+        ("perturbed_gd", PerturbedGD, {"layerwise": True}),
+        ("anti_pgd", AntiPGD, {"momentum": 0.5}),
+    ],
+)
+def test_noisy_optimizers_by_name_and_instance_match_a_hand_loop(name, cls, kwargs):
+    x, y = _data()
+    by_name, by_instance, manual = _model(), _model(), _model()
+    train(by_name, x, y, steps=4, lr=0.05, optimizer=name, progress=False,
+          optimizer_kwargs=dict(sigma=0.1, generator=_generator(8), **kwargs))
+    opt = cls(by_instance.parameters(), 0.05, 0.1, generator=_generator(8), **kwargs)
+    train(by_instance, x, y, steps=4, optimizer=opt, progress=False)
+    _hand_loop(manual, cls(manual.parameters(), 0.05, 0.1, generator=_generator(8), **kwargs), x, y, 4)
+    assert _same_parameters(by_name, manual)
+    assert _same_parameters(by_instance, manual)
+    assert not _same_parameters(manual, _model())
+
+
+def test_an_instance_keeps_its_state_across_calls():
+    """Two calls of 3 steps with one AntiPGD instance are one run of 6 (xi_n carries over)."""
+    x, y = _data()
+    split, whole = _model(), _model()
+    opt = AntiPGD(split.parameters(), 0.05, 0.1, generator=_generator(9))
+    train(split, x, y, steps=3, optimizer=opt, progress=False)
+    train(split, x, y, steps=3, optimizer=opt, progress=False)
+    opt2 = AntiPGD(whole.parameters(), 0.05, 0.1, generator=_generator(9))
+    train(whole, x, y, steps=6, optimizer=opt2, progress=False)
+    assert _same_parameters(split, whole)
+
+
+def _sigma_penalty(model, xb):
+    """A stand-in for R: reads the noise sites' sigma, like the explicit regulariser does."""
+    sigmas = [site.sigma for site in noise_sites(model)]
+    weights = [m.weight for m in model if isinstance(m, torch.nn.Linear)]
+    return 0.5 * sum(s**2 * w.pow(2).sum() for s, w in zip(sigmas, weights))
+
+
+def test_loss_plus_r_without_injected_noise():
+    """inject_noise=False: the steps use the clean network plus the penalty, and draw no noise."""
+    x, y = _data()
+    site_generator = _generator(11)
+    model = _model(sigma=0.3, generator=site_generator)
+    state = site_generator.get_state()
+    manual = _model(sigma=0.3)
+    history = train(model, x, y, steps=3, lr=0.1, optimizer="sgd", penalty=_sigma_penalty,
+                    penalty_weight=2.0, inject_noise=False, record_every=1, progress=False)
+    assert torch.equal(site_generator.get_state(), state)
+    manual.eval()
+    for _ in range(3):
+        manual.zero_grad()
+        (mse_loss(manual(x), y) + 2.0 * _sigma_penalty(manual, x)).backward()
+        _sgd_step(manual, 0.1)
+    assert _same_parameters(model, manual)
+    assert history.penalty[-1] == _sigma_penalty(model, x).item()
+    # With the injection on (the default) the same call differs.
+    noisy = _model(sigma=0.3, generator=_generator(11))
+    train(noisy, x, y, steps=3, lr=0.1, optimizer="sgd", penalty=_sigma_penalty, penalty_weight=2.0,
+          progress=False)
+    assert not _same_parameters(noisy, manual)
+
+
+def test_record_extra_is_called_on_the_clean_model_at_record_steps():
+    x, y = _data()
+    calls = []
+
+    def weight_norm(model):
+        calls.append(model.training)
+        return sum(p.pow(2).sum() for p in model.parameters())  # a tensor is accepted
+
+    def constant(model):
+        return 1.5
+
+    model = _model(sigma=0.2)
+    history = train(model, x, y, steps=4, lr=0.05, record_every=2, progress=False,
+                    record_extra={"weight_norm": weight_norm, "one": constant})
+    assert history.steps == [0, 2, 4] and calls == [False, False, False]
+    assert history.extra["one"] == [1.5, 1.5, 1.5]
+    assert history.extra["weight_norm"][-1] == pytest.approx(
+        sum(p.pow(2).sum() for p in model.parameters()).item(), rel=0, abs=0
+    )
+    d = history.as_dict()
+    assert list(d) == ["steps", "train_loss", "test_loss", "penalty", "weight_norm", "one"]
+
+
+def test_cross_entropy_records_accuracy():
+    g = _generator(0)
+    x = torch.randn(40, 2, generator=g, dtype=torch.float64)
+    y = (x[:, 0] > 0).long()
+    torch.manual_seed(0)
+    model = MLP([2, 8, 2]).double()
+    history = train(model, x, y, steps=20, lr=0.1, loss="ce", x_test=x[:10], y_test=y[:10],
+                    record_every=10, progress=False)
+    with torch.no_grad():
+        assert history.train_accuracy[-1] == (model(x).argmax(1) == y).double().mean().item()
+        assert history.test_accuracy[-1] == (model(x[:10]).argmax(1) == y[:10]).double().mean().item()
+    assert len(history.train_accuracy) == len(history.steps) == 3
+    assert {"train_accuracy", "test_accuracy"} <= set(history.as_dict())
+    mse_history = train(_model(), *_data(), steps=2, lr=0.1, progress=False)
+    assert mse_history.train_accuracy == [] and "train_accuracy" not in mse_history.as_dict()
+
+
+@pytest.mark.parametrize(
+    "overrides, error, name",
+    [
+        (dict(lr=None), ValueError, "lr"),
+        (dict(optimizer=3), TypeError, "optimizer"),
+        (dict(optimizer="pgd"), TypeError, "sigma"),
+        (dict(optimizer="pgd", optimizer_kwargs=dict(sigma=-1.0)), ValueError, "sigma"),
+        (dict(optimizer="sgd", optimizer_kwargs=[("momentum", 0.9)]), TypeError, "optimizer_kwargs"),
+        (dict(inject_noise=None), TypeError, "inject_noise"),
+        (dict(record_extra=[len]), TypeError, "record_extra"),
+        (dict(record_extra={"steps": len}), ValueError, "record_extra"),
+        (dict(record_extra={"r": 3}), TypeError, "record_extra"),
+        (dict(record_extra={"r": lambda m: "big"}), TypeError, "record_extra"),
+    ],
+)
+def test_bad_new_arguments(overrides, error, name):
+    with pytest.raises(error, match=name):
+        _call(**overrides)
+
+
+def test_bad_optimizer_instances():
+    model = _model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, y = _data()
+    with pytest.raises(ValueError, match="lr"):
+        train(model, x, y, steps=1, lr=0.1, optimizer=opt, progress=False)
+    with pytest.raises(ValueError, match="optimizer_kwargs"):
+        train(model, x, y, steps=1, optimizer=opt, optimizer_kwargs={}, progress=False)
+    foreign = torch.optim.SGD(_model().parameters(), lr=0.1)
+    with pytest.raises(ValueError, match="optimizer"):
+        train(model, x, y, steps=1, optimizer=foreign, progress=False)

@@ -1,0 +1,558 @@
+r"""Many seeds at once: train :math:`M` copies of a network side by side.
+
+Every figure of chapters 04, 07, 08 and 09 shows intervals over seeds, noise
+levels or step sizes, so it trains the same small network many times.
+:func:`train_ensemble` stacks the :math:`M` copies' parameters into tensors with
+a leading model axis (:func:`torch.func.stack_module_state`) and takes one step
+for all of them at once: the per-model gradients come from
+:func:`torch.func.vmap` over :func:`torch.func.grad` of a
+:func:`torch.func.functional_call`, or, for an MLP (a ``Sequential`` of
+``Linear`` layers and elementwise activations), from a batched-matmul forward
+pass (``torch.baddbmm``) and one backward pass, which is several times faster on a
+CPU (see ``benchmarks/bench_ensemble.py``). Each model's parameters are one row
+of a flat :math:`(M, P)` tensor, in parameter order, and the update is one of
+the functional updates of :mod:`gni_lib.optim` applied to the whole tensor at
+once, with a per-model step size:
+
+.. math::
+
+    w^{(m)}_{n+1} = w^{(m)}_n - \eta_m \nabla L\bigl(w^{(m)}_n [+ \xi^{(m)}_n]\bigr)
+        [+ \xi^{(m)}_{n+1}] [- \xi^{(m)}_n], \qquad m = 1, \dots, M,
+
+with each model's own step size :math:`\eta_m`, noise level :math:`\sigma_m` and
+noise generator. Noise is drawn outside ``vmap``, one :math:`(M, P)` buffer per
+step, row :math:`m` from ``generators[m]`` exactly as the optimiser classes draw
+it, so **the ensemble equals training the** :math:`M` **models one by one** with
+:func:`gni_lib.train.train` and :class:`gni_lib.optim.PGD` (etc.) up to
+floating-point round-off in the batched matrix products (tested: 1e-6 in
+float32, 1e-12 in float64).
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import math
+import numbers
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import functional_call, grad_and_value, stack_module_state, vmap
+from tqdm import tqdm
+
+from .losses import get_loss
+from .noise import GaussianNoise
+from .optim import _check_sigma, _draw_rows, anti_pgd_update, gd_update, perturb, pgd_update
+from .seeding import check_generator
+from .train import (
+    History,
+    _check_pair,
+    _check_positive_int,
+    _check_real,
+    _minibatches,
+    _show_progress,
+)
+
+__all__ = ["train_ensemble", "EnsembleResult", "METHODS", "supports_fast_path"]
+
+#: The update rules :func:`train_ensemble` accepts and the optimiser each one matches.
+METHODS: dict[str, str] = {
+    "gd": "torch.optim.SGD(params, lr) (plain: no momentum, no weight decay)",
+    "pgd": "gni_lib.optim.PGD(params, lr, sigma, generator=g)",
+    "anti_pgd": "gni_lib.optim.AntiPGD(params, lr, sigma, generator=g)",
+    "perturbed_gd": "gni_lib.optim.PerturbedGD(params, lr, sigma, layerwise=..., generator=g)",
+}
+
+#: Elementwise modules the batched-matmul fast path may apply to a (M, B, d) tensor.
+_ELEMENTWISE = (
+    nn.Tanh, nn.ReLU, nn.ELU, nn.Identity, nn.Sigmoid, nn.GELU, nn.Softplus, nn.LeakyReLU,
+    nn.SiLU,
+)
+
+
+@dataclass
+class EnsembleResult:
+    """What :func:`train_ensemble` returns.
+
+    Attributes:
+        histories: one :class:`gni_lib.train.History` per model, as
+            :func:`gni_lib.train.train` would have recorded it.
+        params: the final parameters, stacked: ``params[name]`` has shape
+            :math:`(M, *s)`. The models passed in hold the same values.
+        fast_path: whether the batched-matmul path was used (else ``vmap``).
+    """
+
+    histories: list[History]
+    params: dict[str, Tensor] = field(repr=False)
+    fast_path: bool
+
+
+def supports_fast_path(model: nn.Module) -> bool:
+    """True if ``model`` is a ``Sequential`` of ``Linear`` layers and elementwise activations.
+
+    Those are the models (for example every :func:`gni_lib.models.MLP` with its
+    noise sites off) that :func:`train_ensemble` runs through ``torch.baddbmm``
+    instead of ``vmap``. Noise sites count as elementwise only with
+    :math:`\\sigma = 0` (the ensemble never injects activation noise).
+    """
+    if not isinstance(model, nn.Sequential) or len(model) == 0:
+        return False
+    for child in model:
+        if isinstance(child, nn.Linear):
+            continue
+        if isinstance(child, GaussianNoise) and child.sigma == 0.0:
+            continue
+        if isinstance(child, _ELEMENTWISE) and not any(True for _ in child.parameters()):
+            continue
+        return False
+    return any(isinstance(child, nn.Linear) for child in model)
+
+
+# --- per-model losses (vectorised over a leading model axis, no data-dependent checks) ---------
+
+
+def _per_model_loss(loss: str, out: Tensor, target: Tensor) -> Tensor:
+    """Loss of each model: ``out`` is (..., B, d); returns shape (...)."""
+    if loss == "mse":
+        return 0.5 * (out - target).pow(2).sum(dim=-1).mean(dim=-1)
+    logp = torch.log_softmax(out, dim=-1)
+    index = target.expand(out.shape[:-1]).unsqueeze(-1)
+    return -logp.gather(-1, index).squeeze(-1).mean(dim=-1)
+
+
+def _per_model_accuracy(out: Tensor, target: Tensor) -> Tensor:
+    return (out.argmax(dim=-1) == target).to(out.dtype).mean(dim=-1)
+
+
+# --- the two forward routes ---------------------------------------------------------------------
+
+
+def _fast_forward(layers: list[tuple], params: Mapping[str, Tensor], x: Tensor) -> Tensor:
+    """Stacked MLP forward: ``x`` is (B, d) (shared) or (M, B, d); returns (M, B, d_out)."""
+    count = next(iter(params.values())).shape[0]
+    h = x if x.ndim == 3 else x.expand(count, *x.shape)
+    for kind, a, b in layers:
+        if kind == "linear":
+            weight = params[a].transpose(1, 2)
+            if b is None:
+                h = torch.bmm(h, weight)
+            else:
+                h = torch.baddbmm(params[b].unsqueeze(1), h, weight)
+        else:
+            h = a(h)
+    return h
+
+
+def _fast_layers(model: nn.Sequential) -> list[tuple]:
+    layers: list[tuple] = []
+    for name, child in model.named_children():
+        if isinstance(child, nn.Linear):
+            layers.append(("linear", f"{name}.weight", f"{name}.bias" if child.bias is not None else None))
+        elif isinstance(child, GaussianNoise):
+            continue
+        else:
+            layers.append(("act", child, None))
+    return layers
+
+
+# --- validation ---------------------------------------------------------------------------------
+
+
+def _per_model_values(value: object, count: int, name: str, check: Callable[[object, str], float]) -> list[float]:
+    if isinstance(value, Tensor):
+        value = value.tolist()
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        return [check(value, name)] * count
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+        raise TypeError(
+            f"{name} must be a real number or a sequence of {count} (one per model), "
+            f"got {type(value).__name__}"
+        )
+    if len(value) != count:
+        raise ValueError(f"{name} must have one entry per model ({count}), got {len(value)}")
+    return [check(v, f"{name}[{m}]") for m, v in enumerate(value)]
+
+
+def _check_models(models: object) -> list[nn.Module]:
+    if isinstance(models, nn.Module) or not isinstance(models, Sequence) or not models:
+        raise TypeError(
+            "models must be a non-empty list of torch.nn.Module copies of one architecture, "
+            f"got {type(models).__name__}"
+        )
+    models = list(models)
+    for m, model in enumerate(models):
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"models[{m}] must be a torch.nn.Module, got {type(model).__name__}")
+    reference = [(k, v.shape, v.dtype, v.device) for k, v in models[0].named_parameters()]
+    if not reference:
+        raise ValueError("models[0] has no parameters to train")
+    for m, model in enumerate(models):
+        mine = [(k, v.shape, v.dtype, v.device) for k, v in model.named_parameters()]
+        if mine != reference:
+            raise ValueError(
+                f"models[{m}] must have the parameter names, shapes, dtypes and devices of models[0]"
+            )
+        if not all(p.requires_grad for p in model.parameters()):
+            raise ValueError(f"models[{m}] has parameters with requires_grad=False; all are trained")
+        for site in model.modules():
+            if isinstance(site, GaussianNoise) and site.sigma > 0.0:
+                raise ValueError(
+                    f"models[{m}] has a noise site with sigma={site.sigma}; train_ensemble injects "
+                    "noise only through the optimiser (method, sigma). Set the sites' sigma to 0 "
+                    "(gni_lib.noise.set_noise) or train noise-injected networks with "
+                    "gni_lib.train.train"
+                )
+    if len({id(model) for model in models}) != len(models):
+        raise ValueError("models must be distinct module objects (copy.deepcopy each one)")
+    return models
+
+
+def _batch_iterators(
+    batch_generator: object, count: int, n: int, batch_size: int, device: torch.device
+) -> tuple[list, bool]:
+    if batch_generator is None or isinstance(batch_generator, torch.Generator):
+        return [_minibatches(n, batch_size, batch_generator, device)], True
+    if isinstance(batch_generator, Sequence) and not isinstance(batch_generator, (str, bytes)):
+        if len(batch_generator) != count:
+            raise ValueError(
+                f"batch_generator must be one generator (shared batches) or one per model "
+                f"({count}), got {len(batch_generator)}"
+            )
+        for m, g in enumerate(batch_generator):
+            if not isinstance(g, torch.Generator):
+                raise TypeError(f"batch_generator[{m}] must be a torch.Generator, got {type(g).__name__}")
+        return [_minibatches(n, batch_size, g, device) for g in batch_generator], False
+    raise TypeError(
+        f"batch_generator must be None, a torch.Generator or a sequence of them, "
+        f"got {type(batch_generator).__name__}"
+    )
+
+
+# --- the trainer ---------------------------------------------------------------------------------
+
+
+def train_ensemble(
+    models: Sequence[nn.Module],
+    x: Tensor,
+    y: Tensor,
+    *,
+    steps: int,
+    lr: float | Sequence[float],
+    method: str = "gd",
+    sigma: float | Sequence[float] = 0.0,
+    layerwise: bool = False,
+    generators: Sequence[torch.Generator] | None = None,
+    loss: str = "mse",
+    x_test: Tensor | None = None,
+    y_test: Tensor | None = None,
+    record_every: int = 100,
+    batch_size: int | None = None,
+    batch_generator: torch.Generator | Sequence[torch.Generator] | None = None,
+    record_extra: Mapping[str, Callable[[nn.Module], float]] | None = None,
+    fast_path: bool | None = None,
+    progress: bool | None = None,
+) -> EnsembleResult:
+    r"""Train :math:`M` copies of one architecture at once; each equals its own sequential run.
+
+    For model :math:`m` and step :math:`n = 0, \dots, T - 1`, with batch
+    :math:`\mathcal B_n` and :math:`\xi^{(m)}_n \sim \mathcal N(0, \sigma_m^2 I)`:
+
+    - ``"gd"``: :math:`w \leftarrow w - \eta_m \nabla L(w)`;
+    - ``"pgd"``: :math:`w \leftarrow w - \eta_m \nabla L(w) + \xi_{n+1}`;
+    - ``"anti_pgd"``: :math:`w \leftarrow w - \eta_m \nabla L(w) + \xi_{n+1} - \xi_n`, :math:`\xi_0 = 0`;
+    - ``"perturbed_gd"``: :math:`w \leftarrow w - \eta_m \nabla L(w + \xi_n)`, all tensors
+      perturbed, or (``layerwise=True``) only tensor :math:`n \bmod G`;
+
+    with :math:`L` the loss on the batch (Orvieto et al. 2022, 2023). Model
+    :math:`m` ends where this sequential run ends, and records the same history::
+
+        train(models[m], x, y, steps=steps, optimizer=OPT, loss=loss, batch_size=batch_size,
+              generator=G_m, x_test=x_test, y_test=y_test, record_every=record_every,
+              record_extra=record_extra)
+
+    with ``OPT`` the optimiser of :data:`METHODS` built on ``models[m].parameters()``
+    with ``lr[m]``, ``sigma[m]`` and ``generators[m]``, and ``G_m`` a generator in
+    the starting state of ``batch_generator`` (shared batches) or
+    ``batch_generator[m]`` (a batch order per model). Equal means up to the
+    round-off of batched products (1e-6 in float32, 1e-12 in float64 in the
+    tests), not bit for bit.
+
+    Models must be clean networks: a noise site with :math:`\sigma > 0` is an
+    error (noise enters only through the optimiser here; train a noise-injected
+    network with :func:`gni_lib.train.train`). Training runs with the models in
+    ``eval()`` mode. The final parameters are written back into ``models``.
+
+    Args:
+        models: :math:`M \ge 1` distinct modules with the same parameter names,
+            shapes, dtype and device (e.g. MLPs built under different seeds).
+        x, y: training inputs :math:`(n, d_\text{in})` and targets, as for
+            :func:`gni_lib.train.train`, on the models' device.
+        steps: :math:`T \ge 1`.
+        lr: :math:`\eta > 0`, one for all or a sequence of :math:`M`.
+        method: a key of :data:`METHODS`.
+        sigma: :math:`\sigma \ge 0` (standard deviation), one for all or :math:`M`;
+            must be 0 for ``"gd"``.
+        layerwise: only with ``"perturbed_gd"``.
+        generators: :math:`M` generators for the noise, on the models' device;
+            required when a :math:`\sigma_m > 0`.
+        loss: ``"mse"`` or ``"ce"``.
+        x_test, y_test: an optional test set (both or neither).
+        record_every: :math:`r \ge 1`; records at :math:`0, r, 2r, \dots` and :math:`T`.
+        batch_size: ``None`` (or :math:`n`) for full batch, else as in :func:`gni_lib.train.train`.
+        batch_generator: ``None`` (global generator), one generator (every model sees
+            the same batches) or :math:`M` of them (its own order per model).
+        record_extra: ``{name: fn}``; at each record step ``fn(models[m])`` is called
+            with model :math:`m` holding its current parameters (in ``eval()`` mode) and
+            must return a real number; stored in ``histories[m].extra[name]``.
+        fast_path: ``None`` picks the batched-matmul route when
+            :func:`supports_fast_path` holds, ``True`` demands it, ``False`` uses ``vmap``.
+        progress: a tqdm bar, as in :func:`gni_lib.train.train`.
+
+    Returns:
+        EnsembleResult: the per-model histories and the stacked final parameters.
+
+    Raises:
+        TypeError: on arguments of the wrong type.
+        ValueError: on bad values (names the argument): models that differ, noise
+            sites with :math:`\sigma > 0`, :math:`\eta \le 0`, :math:`\sigma < 0`,
+            sequences of the wrong length, an unknown ``method`` or ``loss``,
+            ``sigma > 0`` with ``"gd"``, ``layerwise`` without ``"perturbed_gd"``,
+            missing ``generators``, ``fast_path=True`` for a model it does not fit,
+            targets that do not suit the loss.
+        FloatingPointError: if a model's loss or gradient becomes NaN or infinite;
+            the message names the model and the step, and no model takes that step
+            (the models hold the parameters from before it).
+    """
+    models = _check_models(models)
+    count = len(models)
+    x, y = _check_pair(x, y, "x", "y")
+    steps = _check_positive_int(steps, "steps")
+    lrs = _per_model_values(lr, count, "lr", lambda v, name: _check_real(v, name, positive=True))
+    if not isinstance(method, str) or method not in METHODS:
+        raise ValueError(f"method must be one of {tuple(METHODS)}, got {method!r}")
+    sigmas = _per_model_values(sigma, count, "sigma", _check_sigma)
+    if not isinstance(layerwise, bool):
+        raise TypeError(f"layerwise must be True or False, got {type(layerwise).__name__}")
+    if layerwise and method != "perturbed_gd":
+        raise ValueError(f"layerwise=True needs method='perturbed_gd', got method={method!r}")
+    if method == "gd" and any(s > 0 for s in sigmas):
+        raise ValueError("sigma must be 0 with method='gd' (pick 'pgd', 'anti_pgd' or 'perturbed_gd')")
+    device = next(models[0].parameters()).device
+    dtype = next(models[0].parameters()).dtype
+    noisy = method != "gd" and any(s > 0 for s in sigmas)
+    if generators is not None:
+        if not isinstance(generators, Sequence) or isinstance(generators, (str, bytes)):
+            raise TypeError(
+                f"generators must be a sequence of {count} torch.Generators, got {type(generators).__name__}"
+            )
+        if len(generators) != count:
+            raise ValueError(f"generators must have one generator per model ({count}), got {len(generators)}")
+        for m, g in enumerate(generators):
+            if not isinstance(g, torch.Generator):
+                raise TypeError(f"generators[{m}] must be a torch.Generator, got {type(g).__name__}")
+            check_generator(g, device)
+        if len({id(g) for g in generators}) != count:
+            raise ValueError("generators must be distinct objects, one per model")
+    elif noisy:
+        raise ValueError(
+            f"generators must be given (one torch.Generator per model, e.g. "
+            f"gni_lib.spawn_generators(seed, {count})) when sigma > 0"
+        )
+    loss_fn = get_loss(loss)
+    if (x_test is None) != (y_test is None):
+        missing = "y_test" if y_test is None else "x_test"
+        raise ValueError(f"x_test and y_test must be given together; {missing} is missing")
+    if x_test is not None:
+        x_test, y_test = _check_pair(x_test, y_test, "x_test", "y_test")
+    for value, name in ((x, "x"), (x_test, "x_test")):
+        if value is not None and (value.device != device or value.dtype != dtype):
+            raise ValueError(
+                f"{name} must be {dtype} on {device} like the models' parameters, "
+                f"got {value.dtype} on {value.device}"
+            )
+    record_every = _check_positive_int(record_every, "record_every")
+    n = x.shape[0]
+    if batch_size is not None:
+        if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral):
+            raise TypeError(
+                f"batch_size must be None or an int in [1, {n}], got {type(batch_size).__name__}"
+            )
+        if not 1 <= batch_size <= n:
+            raise ValueError(f"batch_size must be None or an int in [1, {n}], got {batch_size}")
+        batch_size = int(batch_size)
+    extras = dict(record_extra or {})
+    if record_extra is not None and not isinstance(record_extra, Mapping):
+        raise TypeError(f"record_extra must be a dict name -> callable(model), got {type(record_extra).__name__}")
+    for name, fn in extras.items():
+        if not isinstance(name, str) or not callable(fn):
+            raise TypeError(f"record_extra must map str names to callables fn(model) -> float; bad entry {name!r}")
+    can_fast = supports_fast_path(models[0])
+    if fast_path is None:
+        use_fast = can_fast
+    elif isinstance(fast_path, bool):
+        if fast_path and not can_fast:
+            raise ValueError(
+                "fast_path=True needs a Sequential of Linear layers and elementwise activations; "
+                "use fast_path=None or False for this model"
+            )
+        use_fast = fast_path
+    else:
+        raise TypeError(f"fast_path must be True, False or None, got {type(fast_path).__name__}")
+    show = _show_progress(progress)
+    # The library losses validate the targets once, on model 0's outputs (shapes,
+    # dtypes, class range); the vectorised loss used below does no data-dependent checks.
+    with torch.no_grad():
+        models[0].eval()
+        loss_fn(models[0](x), y)
+        if x_test is not None:
+            loss_fn(models[0](x_test), y_test)
+
+    for model in models:
+        model.eval()
+    stacked, buffers = stack_module_state(models)
+    names = list(stacked)
+    shapes = {k: tuple(v.shape[1:]) for k, v in stacked.items()}
+    sizes = [math.prod(shapes[k]) for k in names]
+    offsets = dict(zip(names, itertools.accumulate([0] + sizes[:-1])))
+    # All of a model's parameters live in one row of a flat (M, P) tensor, in
+    # parameter order: the layout of the optimisers' noise buffer. Views of it feed
+    # the forward pass, the gradient comes back as one (M, P) tensor, and a step is
+    # one functional update on the whole row, whatever the number of tensors.
+    flat = torch.cat([stacked[k].detach().reshape(count, -1) for k in names], dim=1)
+    lr_column = torch.tensor(lrs, dtype=dtype, device=device).unsqueeze(1)
+    layers = _fast_layers(models[0]) if use_fast else None
+    skeleton = copy.deepcopy(models[0]).to("meta")
+
+    def unflatten(rows: Tensor) -> dict[str, Tensor]:
+        lead = rows.shape[:-1]
+        return {k: rows[..., offsets[k] : offsets[k] + size].view(*lead, *shapes[k])
+                for k, size in zip(names, sizes)}
+
+    def single_loss(row: Tensor, b: dict[str, Tensor], xb: Tensor, yb: Tensor) -> Tensor:
+        out = functional_call(skeleton, (unflatten(row), b), (xb,))
+        return _per_model_loss(loss, out, yb)
+
+    def loss_and_grads(rows: Tensor, xb: Tensor, yb: Tensor, shared: bool) -> tuple[Tensor, Tensor]:
+        if use_fast:
+            # One leaf per tensor (a gradient through slices of a single flat leaf
+            # would allocate a zero (M, P) tensor per slice), then one cat.
+            leaves = {k: v.detach().requires_grad_() for k, v in unflatten(rows.detach()).items()}
+            with torch.enable_grad():
+                losses = _per_model_loss(loss, _fast_forward(layers, leaves, xb), yb)
+                grads = torch.autograd.grad(losses.sum(), list(leaves.values()))
+            return losses.detach(), torch.cat([g.reshape(count, -1) for g in grads], dim=1)
+        in_x = None if shared else 0
+        grads, losses = vmap(grad_and_value(single_loss), in_dims=(0, 0, in_x, in_x))(
+            rows, buffers, xb, yb
+        )
+        return losses, grads
+
+    def outputs(rows: Tensor, xs: Tensor) -> Tensor:
+        if use_fast:
+            return _fast_forward(layers, unflatten(rows), xs)
+        return vmap(lambda r, b: functional_call(skeleton, (unflatten(r), b), (xs,)))(rows, buffers)
+
+    def write_back(rows: Tensor) -> None:
+        values = unflatten(rows)
+        with torch.no_grad():
+            for m, model in enumerate(models):
+                for k, v in model.named_parameters():
+                    v.copy_(values[k][m])
+
+    histories = [History() for _ in range(count)]
+
+    def record(step: int, rows: Tensor) -> None:
+        with torch.no_grad():
+            out = outputs(rows, x)
+            train_losses = _per_model_loss(loss, out, y).tolist()
+            train_acc = _per_model_accuracy(out, y).tolist() if loss == "ce" else None
+            if x_test is not None:
+                out_t = outputs(rows, x_test)
+                test_losses = _per_model_loss(loss, out_t, y_test).tolist()
+                test_acc = _per_model_accuracy(out_t, y_test).tolist() if loss == "ce" else None
+        if extras:
+            write_back(rows)
+        for m, history in enumerate(histories):
+            history.steps.append(step)
+            history.train_loss.append(train_losses[m])
+            if train_acc is not None:
+                history.train_accuracy.append(train_acc[m])
+            if x_test is not None:
+                history.test_loss.append(test_losses[m])
+                if test_acc is not None:
+                    history.test_accuracy.append(test_acc[m])
+            for name, fn in extras.items():
+                value = fn(models[m])
+                if isinstance(value, Tensor) and value.numel() == 1:
+                    value = value.detach().item()
+                if isinstance(value, bool) or not isinstance(value, numbers.Real):
+                    raise TypeError(
+                        f"record_extra[{name!r}] must return a real number, got {type(value).__name__}"
+                    )
+                history.extra.setdefault(name, []).append(float(value))
+
+    def draw(step: int) -> Tensor:
+        """The step's noise as an (M, P) buffer (zeros outside the perturbed tensor, layer-wise)."""
+        if not layerwise:
+            if not noisy:
+                return torch.zeros_like(flat)
+            return _draw_rows(flat.shape[1], sigmas, generators, dtype, device)
+        key = names[(step - 1) % len(names)]
+        buffer = torch.zeros_like(flat)
+        if noisy:
+            start = offsets[key]
+            buffer[:, start : start + math.prod(shapes[key])] = _draw_rows(
+                math.prod(shapes[key]), sigmas, generators, dtype, device
+            )
+        return buffer
+
+    full_batch = batch_size is None or batch_size == n
+    if not full_batch:
+        iterators, shared_batches = _batch_iterators(batch_generator, count, n, batch_size, x.device)
+    else:
+        iterators, shared_batches = [], True
+    xi: Tensor | None = None
+
+    bar = tqdm(total=steps, desc="train_ensemble", disable=not show, leave=False)
+    try:
+        record(0, flat)
+        for step in range(1, steps + 1):
+            if full_batch:
+                xb, yb = x, y
+            elif shared_batches:
+                index = next(iterators[0])
+                xb, yb = x[index], y[index]
+            else:
+                index = torch.stack([next(it) for it in iterators])
+                xb, yb = x[index], y[index]
+
+            noise = draw(step) if method != "gd" else None
+            at = perturb({"w": flat}, {"w": noise})["w"] if method == "perturbed_gd" else flat
+            losses, grads = loss_and_grads(at, xb, yb, full_batch or shared_batches)
+            # amax propagates NaN and inf, and is ten times cheaper than isfinite().all().
+            finite = torch.isfinite(losses) & torch.isfinite(grads.abs().amax(dim=1))
+            if not bool(finite.all()):
+                bad = torch.nonzero(~finite).flatten().tolist()
+                raise FloatingPointError(
+                    f"the loss or its gradient is NaN or infinite for models {bad} at step {step} "
+                    f"of {steps}; no model took that step. Lower lr or sigma"
+                )
+            w, g = {"w": flat}, {"w": grads}
+            if method in ("gd", "perturbed_gd"):
+                flat = gd_update(w, g, lr_column)["w"]
+            elif method == "pgd":
+                flat = pgd_update(w, g, {"w": noise}, lr_column)["w"]
+            else:
+                new, xi_dict = anti_pgd_update(w, g, {"w": noise}, None if xi is None else {"w": xi}, lr_column)
+                flat, xi = new["w"], xi_dict["w"]
+            bar.update(1)
+            if step % record_every == 0 or step == steps:
+                record(step, flat)
+                bar.set_postfix(mean_train_loss=f"{sum(h.train_loss[-1] for h in histories) / count:.4g}")
+    finally:
+        bar.close()
+        write_back(flat)
+    return EnsembleResult(histories=histories, params=unflatten(flat), fast_path=use_fast)

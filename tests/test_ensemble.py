@@ -1,0 +1,325 @@
+"""Tests for gni_lib.ensemble: M models at once equal M sequential runs.
+
+The oracle is gni_lib.train.train with the matching torch.optim optimiser
+(SGD, or gni_lib.optim.PGD / AntiPGD / PerturbedGD) and a copy of each
+generator, one model at a time. Tolerances: 1e-6 in float32 and 1e-12 in float64,
+for the round-off of batched products (bmm, vmap) against per-model ones.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from gni_lib.ensemble import METHODS, EnsembleResult, supports_fast_path, train_ensemble
+from gni_lib.models import MLP
+from gni_lib.optim import PGD, AntiPGD, PerturbedGD
+from gni_lib.train import train
+
+DEVICES = [
+    "cpu",
+    pytest.param(
+        "cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+    ),
+]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """These problems are tiny; on a shared 2-core machine torch's intra-op threads
+    only wait on each other (a log_softmax of 30 x 4 took 15 ms under load), so the
+    module runs single-threaded. Results do not depend on the thread count."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+TOL = {torch.float32: 1e-6, torch.float64: 1e-12}
+M = 3
+
+
+def _gens(seed: int, count: int = M, device: str = "cpu") -> list[torch.Generator]:
+    return [torch.Generator(device=device).manual_seed(seed + m) for m in range(count)]
+
+
+def _models(dtype, device="cpu", widths=(3, 6, 4), count=M, activation="tanh"):
+    out = []
+    for m in range(count):
+        with torch.random.fork_rng():
+            torch.manual_seed(m)
+            out.append(MLP(list(widths), activation=activation).to(device=device, dtype=dtype))
+    return out
+
+
+def _classification(dtype, device="cpu", n=30):
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(n, 3, generator=g, dtype=torch.float64)
+    y = (x @ torch.randn(3, 4, generator=g, dtype=torch.float64)).argmax(dim=1)
+    return x.to(device, dtype), y.to(device)
+
+
+def _regression(dtype, device="cpu", n=30):
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(n, 3, generator=g, dtype=torch.float64)
+    y = torch.sin(x @ torch.randn(3, 4, generator=g, dtype=torch.float64))
+    return x.to(device, dtype), y.to(device, dtype)
+
+
+def _optimizer(method, params, lr, sigma, generator, layerwise):
+    if method == "gd":
+        return torch.optim.SGD(params, lr=lr)
+    if method == "pgd":
+        return PGD(params, lr, sigma, generator=generator)
+    if method == "anti_pgd":
+        return AntiPGD(params, lr, sigma, generator=generator)
+    return PerturbedGD(params, lr, sigma, layerwise=layerwise, generator=generator)
+
+
+def _sequential(models, x, y, *, method, lrs, sigmas, noise_seed, layerwise=False, batch_seeds=None,
+                **kwargs):
+    """The oracle: train each model alone with train() and the matching optimiser."""
+    histories = []
+    noise = _gens(noise_seed)
+    for m, model in enumerate(models):
+        opt = _optimizer(method, model.parameters(), lrs[m], sigmas[m], noise[m], layerwise)
+        generator = None if batch_seeds is None else torch.Generator().manual_seed(batch_seeds[m])
+        histories.append(train(model, x, y, optimizer=opt, generator=generator, progress=False, **kwargs))
+    return histories
+
+
+def _assert_same(ensemble_models, result, sequential_models, histories, dtype):
+    tol = TOL[dtype]
+    for m, (a, b) in enumerate(zip(ensemble_models, sequential_models)):
+        for (name, p), q in zip(a.named_parameters(), b.parameters()):
+            torch.testing.assert_close(p, q, rtol=tol, atol=tol)
+            torch.testing.assert_close(result.params[name][m], q.detach(), rtol=tol, atol=tol)
+    for mine, theirs in zip(result.histories, histories):
+        d_mine, d_theirs = mine.as_dict(), theirs.as_dict()
+        assert d_mine.keys() == d_theirs.keys()
+        assert d_mine["steps"] == d_theirs["steps"]
+        for key in d_mine:
+            assert d_mine[key] == pytest.approx(d_theirs[key], rel=tol, abs=tol), key
+
+
+CASES = [
+    pytest.param("gd", False, id="gd"),
+    pytest.param("pgd", False, id="pgd"),
+    pytest.param("anti_pgd", False, id="anti_pgd"),
+    pytest.param("perturbed_gd", False, id="perturbed_gd"),
+    pytest.param("perturbed_gd", True, id="perturbed_gd-layerwise"),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
+@pytest.mark.parametrize("fast_path", [True, False], ids=["bmm", "vmap"])
+@pytest.mark.parametrize("method, layerwise", CASES)
+def test_ensemble_equals_sequential_training(method, layerwise, fast_path, dtype):
+    """Minibatches shared by all models, cross-entropy, different lr and sigma per model
+    (one sigma = 0), a test set: final weights and the whole history agree."""
+    x, y = _classification(dtype)
+    lrs = [0.3, 0.1, 0.2]
+    sigmas = [0.0, 0.0, 0.0] if method == "gd" else [0.05, 0.0, 0.1]
+    common = dict(steps=12, loss="ce", batch_size=8, x_test=x[:10], y_test=y[:10], record_every=5)
+    ours, theirs = _models(dtype), _models(dtype)
+    result = train_ensemble(
+        ours, x, y, lr=lrs, method=method, sigma=sigmas, layerwise=layerwise,
+        generators=_gens(10) if method != "gd" else None,
+        batch_generator=torch.Generator().manual_seed(4), fast_path=fast_path, progress=False, **common,
+    )
+    assert result.fast_path is fast_path
+    histories = _sequential(theirs, x, y, method=method, lrs=lrs, sigmas=sigmas, noise_seed=10,
+                            layerwise=layerwise, batch_seeds=[4] * M, **common)
+    _assert_same(ours, result, theirs, histories, dtype)
+    assert result.histories[0].steps == [0, 5, 10, 12]
+    assert len(result.histories[0].test_accuracy) == 4
+
+
+@pytest.mark.parametrize("fast_path", [True, False], ids=["bmm", "vmap"])
+@pytest.mark.parametrize("device", DEVICES)
+def test_per_model_batches_mse_and_extras(fast_path, device):
+    """A batch order per model, MSE, relu, record_extra: still the sequential runs."""
+    dtype = torch.float64
+    x, y = _regression(dtype, device)
+    lrs, sigmas = [0.05, 0.1, 0.07], [0.02, 0.05, 0.01]
+    extra = {"weight_norm": lambda model: sum(p.pow(2).sum() for p in model.parameters())}
+    common = dict(steps=10, loss="mse", batch_size=7, record_every=3, record_extra=extra)
+    ours, theirs = _models(dtype, device, activation="relu"), _models(dtype, device, activation="relu")
+    result = train_ensemble(
+        ours, x, y, lr=lrs, method="anti_pgd", sigma=sigmas, generators=_gens(20, device=device),
+        batch_generator=[torch.Generator().manual_seed(s) for s in (7, 8, 9)],
+        fast_path=fast_path, progress=False, **common,
+    )
+    noise = _gens(20, device=device)
+    histories = []
+    for m, model in enumerate(theirs):
+        opt = AntiPGD(model.parameters(), lrs[m], sigmas[m], generator=noise[m])
+        histories.append(train(model, x, y, optimizer=opt, generator=torch.Generator().manual_seed(7 + m),
+                               progress=False, **common))
+    _assert_same(ours, result, theirs, histories, dtype)
+    assert "weight_norm" in result.histories[0].extra
+
+
+def test_full_batch_and_single_model():
+    dtype = torch.float64
+    x, y = _regression(dtype)
+    ours, theirs = _models(dtype, count=1), _models(dtype, count=1)
+    result = train_ensemble(ours, x, y, steps=7, lr=0.1, method="pgd", sigma=0.1,
+                            generators=_gens(30, 1), progress=False)
+    opt = PGD(theirs[0].parameters(), 0.1, 0.1, generator=_gens(30, 1)[0])
+    history = train(theirs[0], x, y, steps=7, optimizer=opt, progress=False)
+    _assert_same(ours, result, theirs, [history], dtype)
+    assert isinstance(result, EnsembleResult)
+    assert result.params["1.weight"].shape == (1, 6, 3)
+
+
+class _Residual(nn.Module):
+    """Not a Sequential: trained through vmap(grad(functional_call))."""
+
+    def __init__(self):
+        super().__init__()
+        self.inner = nn.Linear(3, 3)
+        self.out = nn.Linear(3, 4)
+
+    def forward(self, x):
+        return self.out(x + torch.tanh(self.inner(x)))
+
+
+def test_generic_module_goes_through_vmap():
+    dtype = torch.float64
+    x, y = _regression(dtype)
+    ours, theirs = [], []
+    for m in range(M):
+        torch.manual_seed(m)
+        ours.append(_Residual().double())
+        theirs.append(copy.deepcopy(ours[-1]))
+    assert not supports_fast_path(ours[0])
+    result = train_ensemble(ours, x, y, steps=6, lr=0.1, method="perturbed_gd", sigma=0.1,
+                            generators=_gens(40), progress=False)
+    assert result.fast_path is False
+    histories = _sequential(theirs, x, y, method="perturbed_gd", lrs=[0.1] * M, sigmas=[0.1] * M,
+                            noise_seed=40, steps=6)
+    _assert_same(ours, result, theirs, histories, dtype)
+    with pytest.raises(ValueError, match="fast_path"):
+        train_ensemble(ours, x, y, steps=1, lr=0.1, fast_path=True, progress=False)
+
+
+def test_supports_fast_path():
+    assert supports_fast_path(MLP([2, 3, 1]))
+    assert supports_fast_path(MLP([2, 3, 1], activation="linear", bias=False))
+    assert not supports_fast_path(MLP([2, 3, 1], sigma=0.1))
+    assert not supports_fast_path(nn.Sequential(nn.Linear(2, 2), nn.LayerNorm(2)))
+    assert not supports_fast_path(nn.Sequential(nn.Tanh()))
+    assert set(METHODS) == {"gd", "pgd", "anti_pgd", "perturbed_gd"}
+
+
+def test_models_are_updated_in_place_and_noise_reproducible():
+    dtype = torch.float64
+    x, y = _regression(dtype)
+    a, b = _models(dtype), _models(dtype)
+    first = train_ensemble(a, x, y, steps=5, lr=0.1, method="pgd", sigma=0.1, generators=_gens(50),
+                           progress=False)
+    second = train_ensemble(b, x, y, steps=5, lr=0.1, method="pgd", sigma=0.1, generators=_gens(50),
+                            progress=False)
+    for k in first.params:
+        assert torch.equal(first.params[k], second.params[k])
+    for m, model in enumerate(a):
+        for k, p in model.named_parameters():
+            assert torch.equal(p.detach(), first.params[k][m])
+    third = train_ensemble(_models(dtype), x, y, steps=5, lr=0.1, method="pgd", sigma=0.1,
+                           generators=_gens(51), progress=False)
+    assert not torch.equal(first.params["1.weight"], third.params["1.weight"])
+
+
+@pytest.mark.parametrize("fast_path", [True, False], ids=["bmm", "vmap"])
+def test_divergence_names_the_model_and_keeps_the_last_good_weights(fast_path):
+    dtype = torch.float64
+    x, y = _regression(dtype)
+    models = _models(dtype)
+    with pytest.raises(FloatingPointError, match=r"models \[1\] at step"):
+        train_ensemble(models, x * 1e3, y, steps=50, lr=[0.01, 1e6, 0.01], fast_path=fast_path,
+                       progress=False)
+    for model in models:
+        assert all(bool(torch.isfinite(p).all()) for p in model.parameters())
+
+
+def _call(**overrides):
+    dtype = torch.float64
+    x, y = _regression(dtype, n=10)
+    kwargs = dict(steps=2, lr=0.1, progress=False)
+    kwargs.update(overrides)
+    models = kwargs.pop("models", _models(dtype))
+    return train_ensemble(models, kwargs.pop("x", x), kwargs.pop("y", y), **kwargs)
+
+
+@pytest.mark.parametrize(
+    "overrides, error, name",
+    [
+        (dict(models=[]), TypeError, "models"),
+        (dict(models=MLP([3, 4])), TypeError, "models"),
+        (dict(models=[MLP([3, 6, 4]).double(), "model"]), TypeError, r"models\[1\]"),
+        (dict(models=[MLP([3, 6, 4]).double(), MLP([3, 5, 4]).double()]), ValueError, r"models\[1\]"),
+        (dict(models=[MLP([3, 6, 4], sigma=0.1).double()]), ValueError, "noise site"),
+        (dict(lr=0.0), ValueError, "lr"),
+        (dict(lr=-1.0), ValueError, "lr"),
+        (dict(lr=[0.1, 0.1]), ValueError, "lr"),
+        (dict(lr=[0.1, -0.1, 0.1]), ValueError, r"lr\[1\]"),
+        (dict(lr="0.1"), TypeError, "lr"),
+        (dict(method="adam"), ValueError, "method"),
+        (dict(method="pgd", sigma=-0.1, generators=_gens(0)), ValueError, "sigma"),
+        (dict(method="pgd", sigma=[0.1, 0.1], generators=_gens(0)), ValueError, "sigma"),
+        (dict(sigma=0.1), ValueError, "sigma"),
+        (dict(layerwise=True, method="pgd", sigma=0.1, generators=_gens(0)), ValueError, "layerwise"),
+        (dict(method="pgd", sigma=0.1), ValueError, "generators"),
+        (dict(method="pgd", sigma=0.1, generators=_gens(0, 2)), ValueError, "generators"),
+        (dict(method="pgd", sigma=0.1, generators=[1, 2, 3]), TypeError, r"generators\[0\]"),
+        (dict(batch_size=4, batch_generator=_gens(0, 2)), ValueError, "batch_generator"),
+        (dict(batch_size=4, batch_generator="g"), TypeError, "batch_generator"),
+        (dict(batch_size=11), ValueError, "batch_size"),
+        (dict(y=torch.zeros(9, 4, dtype=torch.float64)), ValueError, "y"),
+        (dict(loss="ce"), ValueError, "target"),
+        (dict(fast_path="yes"), TypeError, "fast_path"),
+        (dict(record_extra={"r": 3}), TypeError, "record_extra"),
+        (dict(steps=0), ValueError, "steps"),
+        (dict(x_test=torch.zeros(3, 3, dtype=torch.float64)), ValueError, "y_test"),
+        (dict(x=torch.zeros(10, 3)), ValueError, "x must"),
+        (dict(x_test=torch.zeros(3, 3), y_test=torch.zeros(3, 4)), ValueError, "x_test must"),
+    ],
+)
+def test_bad_arguments(overrides, error, name):
+    with pytest.raises(error, match=name):
+        _call(**overrides)
+
+
+def test_same_model_twice_is_refused():
+    model = MLP([3, 6, 4]).double()
+    with pytest.raises(ValueError, match="distinct"):
+        _call(models=[model, model])
+
+
+class _SqrtNet(nn.Module):
+    """sqrt(|.|) at 0 has a finite value and an infinite derivative."""
+
+    def __init__(self):
+        super().__init__()
+        self.layer = nn.Linear(3, 4)
+
+    def forward(self, x):
+        return torch.sqrt(self.layer(x).abs())
+
+
+def test_infinite_gradient_with_a_finite_loss_is_refused():
+    dtype = torch.float64
+    x, y = _regression(dtype)
+    models = []
+    for m in range(2):
+        torch.manual_seed(m)
+        models.append(_SqrtNet().double())
+    with torch.no_grad():
+        models[1].layer.weight.zero_()
+        models[1].layer.bias.zero_()
+    before = [p.detach().clone() for p in models[0].parameters()]
+    with pytest.raises(FloatingPointError, match=r"gradient is NaN or infinite for models \[1\] at step 1"):
+        train_ensemble(models, x, y, steps=3, lr=0.1, progress=False)
+    assert all(torch.equal(p, q) for p, q in zip(models[0].parameters(), before))
