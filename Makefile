@@ -12,7 +12,7 @@ INSTALLED := $(VENV)/.installed
 MATHJAX_VERSION := 3.2.2
 MATHJAX   := book/_vendor/mathjax
 JB_FLAGS  := -W -n --keep-going
-PYTEST_FLAGS ?=
+PYTEST_FLAGS ?= --durations=10
 
 .PHONY: setup book test bench clean
 

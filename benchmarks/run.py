@@ -13,6 +13,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))  # the benchmark modules beside this file
 
+import bench_core  # noqa: E402
+import bench_ensemble  # noqa: E402
 import bench_jacobian_penalty  # noqa: E402
 import torch  # noqa: E402
 from harness import machine_line, set_threads, time_side_by_side  # noqa: E402
@@ -47,6 +49,10 @@ def main() -> None:
         f"### Measured {stamp} on {machine_line(device)}",
         "",
         "Median over interleaved rounds, after warm-up; float32.",
+        "",
+        *bench_core.tables(device),
+        "",
+        *bench_ensemble.tables(device),
         "",
         "#### `jacobian_penalty` vs the naive per-example loop",
         "",

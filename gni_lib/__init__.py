@@ -1,4 +1,4 @@
-"""gni_lib: Gaussian noise injection as regularisation, the library behind the book.
+r"""gni_lib: Gaussian noise injection as regularisation, the library behind the book.
 
 Small modules, one concept each, readable next to the equations they implement:
 
@@ -8,18 +8,31 @@ Small modules, one concept each, readable next to the equations they implement:
 * :mod:`gni_lib.noise`, :mod:`gni_lib.models`: noise sites and the MLP built from them;
 * :mod:`gni_lib.losses`: the ½-MSE and cross-entropy conventions;
 * :mod:`gni_lib.penalties`: the input-Jacobian (Tikhonov) penalty, with optional input noise;
+* :mod:`gni_lib.jacobians`: the layer Jacobians :math:`J_k` at every noise site;
+* :mod:`gni_lib.regularisers`: the explicit regulariser :math:`R` (Camuto et al., eq. 9)
+  and the full second-order term it is the Gauss-Newton part of;
+* :mod:`gni_lib.gap`: the Monte Carlo noise gap :math:`\mathbb{E}[\Delta L]` with its standard error;
+* :mod:`gni_lib.curvature`: the trace of the parameter Hessian;
+* :mod:`gni_lib.optim`: PGD, Anti-PGD and perturbed gradient descent, and their pure updates;
 * :mod:`gni_lib.train`: the training loop the chapters share (:func:`gni_lib.train.train`);
-* :mod:`gni_lib.data`: generated problems; nothing is downloaded.
+* :mod:`gni_lib.ensemble`: many models trained at once with ``torch.func.vmap``;
+* :mod:`gni_lib.data`: generated problems and scikit-learn's bundled sets; nothing is downloaded.
 
 See ``book/notation.md`` for the notation.
 """
 
+from . import optim
+from .curvature import hessian_trace
 from .data import grid_1d, regression_1d
 from .device import get_device
-from .penalties import jacobian_penalty, per_example_jacobians
+from .ensemble import train_ensemble
+from .gap import noisy_loss_gap
+from .jacobians import layer_jacobians
 from .losses import ce_loss, get_loss, mse_loss
 from .models import MLP
-from .noise import GaussianNoise, noise_sites, set_noise
+from .noise import GaussianNoise, noise_sites, replace_site_outputs, set_noise
+from .penalties import jacobian_penalty, per_example_jacobians
+from .regularisers import explicit_regularizer, second_order_term
 from .scale import by_scale, get_scale
 from .seeding import make_generator, spawn_generators
 from .train import History
@@ -35,13 +48,21 @@ __all__ = [
     "GaussianNoise",
     "noise_sites",
     "set_noise",
+    "replace_site_outputs",
     "MLP",
     "mse_loss",
     "ce_loss",
     "get_loss",
     "jacobian_penalty",
     "per_example_jacobians",
+    "layer_jacobians",
+    "explicit_regularizer",
+    "second_order_term",
+    "noisy_loss_gap",
+    "hessian_trace",
+    "optim",
     "History",
+    "train_ensemble",
     "regression_1d",
     "grid_1d",
 ]
