@@ -8,6 +8,7 @@ training run, say) without the streams overlapping.
 
 from __future__ import annotations
 
+import hashlib
 import numbers
 
 import torch
@@ -15,12 +16,6 @@ import torch
 from .device import get_device
 
 __all__ = ["make_generator", "spawn_generators", "check_generator"]
-
-# Seeds are mixed with a large odd constant (the 64-bit golden ratio) so that
-# consecutive child indices give well-separated Philox/MT seeds.
-_GOLDEN = 0x9E3779B97F4A7C15
-_MASK = (1 << 63) - 1
-
 
 def _check_seed(seed: object, name: str = "seed") -> int:
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
@@ -54,11 +49,11 @@ def spawn_generators(
 ) -> list[torch.Generator]:
     r"""Return ``count`` generators with distinct, reproducible seeds derived from ``seed``.
 
-    Child :math:`i` is seeded with :math:`(\text{seed} \cdot 2^{32} + i) \cdot g
-    \bmod 2^{63}` for the odd constant :math:`g = \lfloor 2^{64}/\varphi \rfloor`,
-    Multiplication by an odd constant is a bijection modulo :math:`2^{63}`, so
-    no two children collide, across parents too, for parent seeds below
-    :math:`2^{31}` and counts up to :math:`2^{32}`.
+    Child :math:`i` is seeded with the first 63 bits of
+    :math:`\operatorname{SHA\text{-}256}(\texttt{"gni_lib.spawn:seed:i"})`, so the
+    children of any parent, and of different parents, are unrelated streams; two of
+    them share a seed only by a hash collision (probability about :math:`2^{-63}`
+    per pair).
 
     Raises:
         TypeError: if ``seed`` or ``count`` is not an integer.
@@ -68,9 +63,12 @@ def spawn_generators(
     count = _check_seed(count, "count")
     if count == 0:
         raise ValueError("count must be a positive int, got 0")
-    return [
-        make_generator(((seed << 32) + i) * _GOLDEN & _MASK, device) for i in range(count)
-    ]
+    return [make_generator(_child_seed(seed, i), device) for i in range(count)]
+
+
+def _child_seed(seed: int, index: int) -> int:
+    digest = hashlib.sha256(f"gni_lib.spawn:{seed}:{index}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
 
 
 def check_generator(generator: object, device: torch.device | str | None = None) -> None:

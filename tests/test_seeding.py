@@ -49,7 +49,7 @@ def test_spawn_is_reproducible_and_distinct() -> None:
 
 
 @settings(max_examples=30, deadline=None)
-@given(st.integers(0, 2**31), st.integers(0, 2**31), st.integers(1, 8))
+@given(st.integers(0, 2**64), st.integers(0, 2**64), st.integers(1, 8))
 def test_spawned_seeds_do_not_collide_across_parents(a: int, b: int, n: int) -> None:
     if a == b:
         return
