@@ -15,23 +15,12 @@ from gni_lib.curvature import hessian_trace
 from gni_lib.jacobians import mlp_structure
 from gni_lib.models import MLP
 from gni_lib.noise import GaussianNoise
+from _shared import DEVICES, seeded_generator as _generator
 
 # torch.func.hessian (the oracle) goes through a path that warns about torch.jit.script.
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
 
-DEVICES = [
-    "cpu",
-    pytest.param(
-        "cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-    ),
-]
 F64 = torch.float64
-
-
-def _generator(seed: int, device: str = "cpu") -> torch.Generator:
-    g = torch.Generator(device=device)
-    g.manual_seed(seed)
-    return g
 
 
 def _mlp(widths, activation="tanh", bias=True, device="cpu", seed=0):

@@ -10,13 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gni_lib.data import TARGETS, grid_1d, regression_1d, regression_target
+from _shared import DEVICES
 
-DEVICES = [
-    "cpu",
-    pytest.param(
-        "cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-    ),
-]
 
 # Statistical checks use k = 5 standard errors. The seeds are fixed, so each check
 # is deterministic; k = 5 means a correct generator would fail for a given seed

@@ -18,13 +18,8 @@ from gni_lib.ensemble import METHODS, EnsembleResult, supports_fast_path, train_
 from gni_lib.models import MLP
 from gni_lib.optim import PGD, AntiPGD, PerturbedGD
 from gni_lib.train import train
+from _shared import DEVICES
 
-DEVICES = [
-    "cpu",
-    pytest.param(
-        "cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-    ),
-]
 
 
 @pytest.fixture(autouse=True, scope="module")

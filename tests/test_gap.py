@@ -12,22 +12,11 @@ from gni_lib.gap import noisy_loss_gap
 from gni_lib.models import MLP
 from gni_lib.noise import GaussianNoise, set_noise
 from gni_lib.regularisers import explicit_regularizer, second_order_term
+from _shared import DEVICES, seeded_generator as _generator
 
 # second_order_term's test oracle is in test_regularisers.py; here it is used as the reference.
 
-DEVICES = [
-    "cpu",
-    pytest.param(
-        "cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-    ),
-]
 F64 = torch.float64
-
-
-def _generator(seed: int, device: str = "cpu") -> torch.Generator:
-    g = torch.Generator(device=device)
-    g.manual_seed(seed)
-    return g
 
 
 def _mlp(widths, activation="tanh", sigma=0.3, mode="additive", device="cpu", seed=0):

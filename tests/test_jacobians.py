@@ -12,21 +12,10 @@ from torch import nn
 from gni_lib.jacobians import layer_jacobians, mlp_structure
 from gni_lib.models import MLP
 from gni_lib.noise import GaussianNoise, noise_sites, replace_site_outputs
+from _shared import DEVICES, seeded_generator as _generator
 
-DEVICES = [
-    "cpu",
-    pytest.param(
-        "cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-    ),
-]
 ACTIVATIONS = ["tanh", "relu", "elu", "linear"]
 F64 = torch.float64
-
-
-def _generator(seed: int, device: str = "cpu") -> torch.Generator:
-    g = torch.Generator(device=device)
-    g.manual_seed(seed)
-    return g
 
 
 def _mlp(widths, activation="tanh", sigma=0.3, mode="additive", device="cpu", seed=0):

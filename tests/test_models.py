@@ -10,13 +10,8 @@ from torch import nn
 
 from gni_lib.models import ACTIVATIONS, MLP
 from gni_lib.noise import GaussianNoise, noise_sites
+from _shared import DEVICES, seeded_generator as _generator
 
-DEVICES = [
-    "cpu",
-    pytest.param(
-        "cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-    ),
-]
 
 _ACT_FN = {
     "tanh": torch.tanh,
@@ -24,12 +19,6 @@ _ACT_FN = {
     "elu": lambda t: torch.where(t > 0, t, torch.expm1(t)),
     "linear": lambda t: t,
 }
-
-
-def _generator(seed: int, device: str = "cpu") -> torch.Generator:
-    g = torch.Generator(device=device)
-    g.manual_seed(seed)
-    return g
 
 
 def _oracle_forward(model, x, activation, z=None, sigmas=None, mode="additive"):

@@ -13,19 +13,8 @@ from hypothesis import strategies as st
 from torch import nn
 
 from gni_lib.noise import GaussianNoise, noise_sites, set_noise, sigma_list
+from _shared import DEVICES, seeded_generator as _generator
 
-DEVICES = [
-    "cpu",
-    pytest.param(
-        "cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-    ),
-]
-
-
-def _generator(seed: int, device: str) -> torch.Generator:
-    g = torch.Generator(device=device)
-    g.manual_seed(seed)
-    return g
 
 
 # --- identity where the noise is off -------------------------------------------------

@@ -32,13 +32,8 @@ from gni_lib.optim import (
     perturbed_gd_update,
     pgd_update,
 )
+from _shared import DEVICES
 
-DEVICES = [
-    "cpu",
-    pytest.param(
-        "cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-    ),
-]
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -9,19 +9,8 @@ from hypothesis import strategies as st
 
 from gni_lib.penalties import jacobian_penalty, per_example_jacobians
 from gni_lib.models import MLP
+from _shared import DEVICES, seeded_generator as _generator
 
-DEVICES = [
-    "cpu",
-    pytest.param(
-        "cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-    ),
-]
-
-
-def _generator(seed: int, device: str = "cpu") -> torch.Generator:
-    g = torch.Generator(device=device)
-    g.manual_seed(seed)
-    return g
 
 
 def _net(activation: str, d_out: int, device: str = "cpu", seed: int = 0):

@@ -14,24 +14,13 @@ from torch import nn
 from gni_lib.models import MLP
 from gni_lib.noise import GaussianNoise, noise_sites, set_noise
 from gni_lib.regularisers import explicit_regularizer, second_order_term
+from _shared import DEVICES, seeded_generator as _generator
 
 # torch.func.hessian (the oracle below) goes through a path that warns about torch.jit.script.
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
 
-DEVICES = [
-    "cpu",
-    pytest.param(
-        "cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-    ),
-]
 ACTIVATIONS = ["tanh", "relu", "elu", "linear"]
 F64 = torch.float64
-
-
-def _generator(seed: int, device: str = "cpu") -> torch.Generator:
-    g = torch.Generator(device=device)
-    g.manual_seed(seed)
-    return g
 
 
 def _mlp(widths, activation="tanh", sigma=(0.3, 0.2, 0.5), mode="additive", device="cpu", seed=0):
