@@ -7,7 +7,8 @@ Small modules, one concept each, readable next to the equations they implement:
 * :mod:`gni_lib.symbolic`: SymPy Taylor polynomials and Gaussian (Isserlis) moments;
 * :mod:`gni_lib.noise`, :mod:`gni_lib.models`: noise sites and the MLP built from them;
 * :mod:`gni_lib.losses`: the ½-MSE and cross-entropy conventions;
-* :mod:`gni_lib.penalties`: the input-Jacobian (Tikhonov) penalty, with optional input noise;
+* :mod:`gni_lib.penalties`: the input-Jacobian (Tikhonov) penalty, with optional input noise,
+  and derivatives of a function of one input;
 * :mod:`gni_lib.jacobians`: the layer Jacobians :math:`J_k` at every noise site;
 * :mod:`gni_lib.regularisers`: the explicit regulariser :math:`R` (Camuto et al., eq. 9)
   and the full second-order term it is the Gauss-Newton part of;
@@ -16,6 +17,7 @@ Small modules, one concept each, readable next to the equations they implement:
 * :mod:`gni_lib.optim`: PGD, Anti-PGD and perturbed gradient descent, and their pure updates;
 * :mod:`gni_lib.train`: the training loop the chapters share (:func:`gni_lib.train.train`);
 * :mod:`gni_lib.ensemble`: many models trained at once with ``torch.func.vmap``;
+* :mod:`gni_lib.stats`: standard errors, intervals over seeds and log-log slopes for the asserts;
 * :mod:`gni_lib.data`: generated problems and scikit-learn's bundled sets; nothing is downloaded.
 
 See ``book/notation.md`` for the notation.
@@ -31,10 +33,11 @@ from .jacobians import layer_jacobians
 from .losses import ce_loss, get_loss, mse_loss
 from .models import MLP
 from .noise import GaussianNoise, noise_sites, replace_site_outputs, set_noise
-from .penalties import jacobian_penalty, per_example_jacobians
+from .penalties import input_derivatives, jacobian_penalty, per_example_jacobians
 from .regularisers import explicit_regularizer, second_order_term
 from .scale import by_scale, get_scale
 from .seeding import make_generator, spawn_generators
+from .stats import loglog_slope, mean_and_se, t_interval
 from .train import History
 
 __version__ = "0.1.0"
@@ -55,6 +58,10 @@ __all__ = [
     "get_loss",
     "jacobian_penalty",
     "per_example_jacobians",
+    "input_derivatives",
+    "mean_and_se",
+    "t_interval",
+    "loglog_slope",
     "layer_jacobians",
     "explicit_regularizer",
     "second_order_term",

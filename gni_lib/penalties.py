@@ -26,7 +26,7 @@ from torch import Tensor
 
 from .seeding import check_generator
 
-__all__ = ["jacobian_penalty", "per_example_jacobians"]
+__all__ = ["jacobian_penalty", "per_example_jacobians", "input_derivatives"]
 
 
 def _check_input(x: object) -> Tensor:
@@ -186,3 +186,51 @@ def jacobian_penalty(
         count = int(samples) * batch
     jac = _jacobians(model, inputs)
     return jac.pow(2).sum() / count
+
+
+def input_derivatives(fn: Callable[[Tensor], Tensor], x: Tensor, order: int) -> list[Tensor]:
+    r"""Return :math:`[F, F', F'', \dots, F^{(\text{order})}]` at every point of a 1-D input.
+
+    For a function of one input variable applied row by row,
+    :math:`F : (N, 1) \to (N, 1)`, derivative :math:`k` is obtained by
+    differentiating the sum of derivative :math:`k-1` over the batch with respect
+    to the input (valid because row :math:`n`'s output depends on row :math:`n`
+    only), keeping the graph for the next order. Used for Bishop's expansion,
+    whose :math:`\sigma^{2k}` coefficients need :math:`F^{(2k)}`.
+
+    Args:
+        fn: maps inputs of shape :math:`(N, 1)` to outputs of shape :math:`(N, 1)`,
+            row by row (a network in ``eval()`` mode, or a per-example loss).
+        x: the points, shape :math:`(N, 1)`, finite, floating point.
+        order: the highest derivative wanted, :math:`\ge 0`.
+
+    Returns:
+        ``order + 1`` tensors of shape :math:`(N, 1)`, detached from the graph.
+
+    Raises:
+        TypeError: if ``fn`` is not callable, ``x`` is not a tensor or ``order`` is not an int.
+        ValueError: if ``x`` is not of shape :math:`(N, 1)` or not finite, ``order`` is
+            negative, or ``fn``'s output is not of shape :math:`(N, 1)`.
+    """
+    if not callable(fn):
+        raise TypeError(f"fn must be callable (N, 1) -> (N, 1), got {type(fn).__name__}")
+    x = _check_input(x)
+    if x.shape[1] != 1:
+        raise ValueError(f"x must have shape (N, 1), one input variable, got {tuple(x.shape)}")
+    if isinstance(order, bool) or not isinstance(order, numbers.Integral):
+        raise TypeError(f"order must be a non-negative int, got {type(order).__name__}")
+    if order < 0:
+        raise ValueError(f"order must be a non-negative int, got {order}")
+    with torch.enable_grad():
+        inputs = x.detach().requires_grad_(True)
+        values = fn(inputs)
+        if not isinstance(values, Tensor) or values.shape != inputs.shape:
+            shape = tuple(values.shape) if isinstance(values, Tensor) else type(values).__name__
+            raise ValueError(f"fn must map x of shape {tuple(x.shape)} to the same shape, got {shape}")
+        derivatives = [values]
+        for _ in range(int(order)):
+            (step,) = torch.autograd.grad(
+                derivatives[-1].sum(), inputs, create_graph=True, allow_unused=True
+            )
+            derivatives.append(torch.zeros_like(inputs) if step is None else step)
+    return [t.detach() for t in derivatives]

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gni_lib.penalties import jacobian_penalty, per_example_jacobians
+from gni_lib.penalties import input_derivatives, jacobian_penalty, per_example_jacobians
 from gni_lib.models import MLP
 from _shared import DEVICES, seeded_generator as _generator
 
@@ -225,3 +227,41 @@ def test_model_in_training_mode_uses_its_own_noise_once():
     model[0].generator.manual_seed(2)
     assert torch.equal(jacobian_penalty(model, x), noisy)
     assert not torch.allclose(noisy, jacobian_penalty(model.eval(), x), rtol=1e-6, atol=0)
+
+
+# --------------------------------------------------------------------------- input_derivatives
+
+
+def test_input_derivatives_of_a_polynomial_and_of_sin() -> None:
+    x = torch.linspace(-1.0, 1.0, 7, dtype=torch.float64).unsqueeze(1)
+    values = input_derivatives(lambda z: z**4 - 2 * z, x, 5)
+    expected = [x**4 - 2 * x, 4 * x**3 - 2, 12 * x**2, 24 * x, torch.full_like(x, 24.0), torch.zeros_like(x)]
+    for got, want in zip(values, expected, strict=True):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+    sines = input_derivatives(torch.sin, x, 4)
+    for k, got in enumerate(sines):
+        torch.testing.assert_close(got, torch.sin(x + k * math.pi / 2), rtol=0, atol=1e-12)
+
+
+def test_input_derivatives_match_a_network_s_autograd_jacobian() -> None:
+    torch.manual_seed(0)
+    net = MLP([1, 8, 8, 1], activation="tanh").double().eval()
+    x = torch.linspace(-1.0, 1.0, 5, dtype=torch.float64).unsqueeze(1)
+    first = input_derivatives(net, x, 1)[1]
+    for n in range(x.shape[0]):
+        jac = torch.autograd.functional.jacobian(lambda v: net(v.unsqueeze(0)).squeeze(0), x[n])
+        torch.testing.assert_close(first[n], jac.reshape(1), rtol=0, atol=1e-12)
+
+
+def test_input_derivatives_errors() -> None:
+    x = torch.zeros(3, 1, dtype=torch.float64)
+    with pytest.raises(ValueError, match="x must have shape"):
+        input_derivatives(torch.sin, torch.zeros(3, 2), 1)
+    with pytest.raises(ValueError, match="order"):
+        input_derivatives(torch.sin, x, -1)
+    with pytest.raises(TypeError, match="order"):
+        input_derivatives(torch.sin, x, 1.5)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="fn"):
+        input_derivatives(3, x, 1)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="fn must map"):
+        input_derivatives(lambda z: z.sum(), x, 1)

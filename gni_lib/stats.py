@@ -1,0 +1,126 @@
+r"""The statistics behind the book's asserts: standard errors, intervals over seeds, slopes.
+
+Every numerical claim in a chapter is tested with one of three tolerances
+(``STYLE.md``): float64 round-off for identities, :math:`k` standard errors for
+Monte Carlo, and intervals over seeds for training. These helpers compute the
+last two, and the log-log slope that order-of-convergence claims
+(":math:`O(\sigma^4)`") are asserted on.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from scipy import stats as _scipy_stats
+
+__all__ = ["mean_and_se", "t_interval", "loglog_slope"]
+
+
+def _as_vector(values: object, name: str, minimum: int) -> np.ndarray:
+    if isinstance(values, torch.Tensor):
+        values = values.detach().cpu().double().numpy()
+    try:
+        array = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a 1-D sequence of real numbers") from None
+    if array.ndim != 1:
+        raise ValueError(f"{name} must be 1-D, got shape {array.shape}")
+    if array.size < minimum:
+        raise ValueError(f"{name} must hold at least {minimum} values, got {array.size}")
+    if not np.isfinite(array).all():
+        raise ValueError(f"{name} must be finite, but it holds NaN or infinite entries")
+    return array
+
+
+def mean_and_se(values: Sequence[float] | torch.Tensor | np.ndarray) -> tuple[float, float]:
+    r"""Return the sample mean and its standard error.
+
+    .. math::
+
+        \bar v = \frac1n \sum_{i=1}^n v_i, \qquad
+        \operatorname{SE} = \frac{s}{\sqrt n}, \quad
+        s^2 = \frac{1}{n-1} \sum_{i=1}^n (v_i - \bar v)^2 .
+
+    Args:
+        values: :math:`n \ge 2` independent draws, shape ``(n,)`` (a tensor is
+            flattened first).
+
+    Raises:
+        TypeError: if ``values`` is not numeric.
+        ValueError: if it holds fewer than two values or non-finite ones.
+    """
+    if isinstance(values, torch.Tensor):
+        values = values.reshape(-1)
+    array = _as_vector(values, "values", 2)
+    return float(array.mean()), float(array.std(ddof=1) / math.sqrt(array.size))
+
+
+def t_interval(
+    values: Sequence[float] | torch.Tensor | np.ndarray, level: float = 0.95
+) -> tuple[float, float]:
+    r"""Two-sided Student-:math:`t` confidence interval for the mean of ``values``.
+
+    .. math::
+
+        \bar v \pm t_{n-1,\,(1+\text{level})/2} \, \frac{s}{\sqrt n} .
+
+    The chapters use it over seeds ("the lower end of the 95% interval of the
+    paired differences is above zero"); the :math:`t` quantile accounts for the
+    few seeds a quick preset can afford.
+
+    Args:
+        values: :math:`n \ge 2` per-seed values, shape ``(n,)``.
+        level: the confidence level, in :math:`(0, 1)`.
+
+    Returns:
+        ``(low, high)``.
+
+    Raises:
+        TypeError: if ``values`` is not numeric or ``level`` is not a real number.
+        ValueError: if there are fewer than two finite values, or ``level`` is
+            not in :math:`(0, 1)`.
+    """
+    if isinstance(level, bool) or not isinstance(level, numbers.Real):
+        raise TypeError(f"level must be a real number in (0, 1), got {type(level).__name__}")
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    if isinstance(values, torch.Tensor):
+        values = values.reshape(-1)
+    n = _as_vector(values, "values", 2).size
+    mean, se = mean_and_se(values)
+    half = float(_scipy_stats.t.ppf(0.5 + level / 2, n - 1)) * se
+    return mean - half, mean + half
+
+
+def loglog_slope(
+    x: Sequence[float] | torch.Tensor | np.ndarray, y: Sequence[float] | torch.Tensor | np.ndarray
+) -> float:
+    r"""Least-squares slope of :math:`\log\lvert y\rvert` against :math:`\log x`.
+
+    If :math:`y \approx c\,x^p`, the slope estimates :math:`p`: the book asserts
+    orders of convergence (":math:`O(\sigma^3)`", ":math:`O(\sigma^4)`") as an
+    interval on this slope.
+
+    Args:
+        x: :math:`n \ge 2` positive abscissae (e.g. noise levels :math:`\sigma`), shape ``(n,)``.
+        y: the matching non-zero values (their sign is ignored), shape ``(n,)``.
+
+    Raises:
+        TypeError: if either is not numeric.
+        ValueError: if the shapes differ, fewer than two points are given, some
+            ``x`` is not positive, or some ``y`` is zero or not finite.
+    """
+    xs = _as_vector(x, "x", 2)
+    ys = _as_vector(y, "y", 2)
+    if xs.shape != ys.shape:
+        raise ValueError(f"y must have the shape of x, {xs.shape}, got {ys.shape}")
+    if (xs <= 0).any():
+        raise ValueError("x must be positive to take its logarithm")
+    if (ys == 0).any():
+        raise ValueError("y must be non-zero to take the logarithm of its magnitude")
+    slope, _ = np.polyfit(np.log(xs), np.log(np.abs(ys)), 1)
+    return float(slope)
