@@ -19,3 +19,40 @@ def seeded_generator(seed: int, device: str = "cpu") -> torch.Generator:
     generator = torch.Generator(device=device)
     generator.manual_seed(seed)
     return generator
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Run a test module single-threaded (import it to use it).
+
+    The optimiser and ensemble problems are tiny; on a shared 2-core machine torch's
+    intra-op threads only wait on each other (a log_softmax of 30 x 4 took 15 ms under
+    load). Results do not depend on the thread count.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+#: Front matter of a minimal jupytext MyST chapter, for the book-machinery tests.
+CHAPTER_HEADER = """---
+jupytext:
+  text_representation:
+    extension: .md
+    format_name: myst
+    format_version: 0.13
+kernelspec:
+  display_name: Python 3
+  language: python
+  name: python3
+---
+
+# A scratch chapter
+
+"""
+
+
+def chapter_source(*cells: str) -> str:
+    """A minimal MyST chapter with the given code cells."""
+    return CHAPTER_HEADER + "\n".join(f"```{{code-cell}} ipython3\n{c}\n```\n" for c in cells)

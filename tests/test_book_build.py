@@ -14,28 +14,12 @@ from pathlib import Path
 
 import pytest
 import yaml
+from _shared import chapter_source
 
 REPO = Path(__file__).resolve().parents[1]
 JUPYTER_BOOK = Path(sys.executable).with_name("jupyter-book")
 
 pytestmark = pytest.mark.slow
-
-HEADER = """---
-jupytext:
-  text_representation:
-    extension: .md
-    format_name: myst
-    format_version: 0.13
-kernelspec:
-  display_name: Python 3
-  language: python
-  name: python3
----
-
-# A throw-away chapter
-
-"""
-
 
 def _write_book(root: Path, cells: list[str]) -> None:
     """A one-chapter book using the repository's configuration."""
@@ -49,8 +33,7 @@ def _write_book(root: Path, cells: list[str]) -> None:
     sphinx["config"].pop("bibtex_reference_style", None)
     (root / "_config.yml").write_text(yaml.safe_dump(config))
     (root / "_toc.yml").write_text("format: jb-book\nroot: chapter\n")
-    body = "\n".join(f"```{{code-cell}} ipython3\n{cell}\n```\n" for cell in cells)
-    (root / "chapter.md").write_text(HEADER + body)
+    (root / "chapter.md").write_text(chapter_source(*cells))
     # Test runs leave Markdown in hidden folders (.pytest_cache/README.md); a -W build
     # must not read it as an orphan page, on the first run or the second.
     (root / ".pytest_cache").mkdir()

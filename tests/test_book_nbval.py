@@ -9,29 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from _shared import chapter_source
 
 REPO = Path(__file__).resolve().parents[1]
-
-HEADER = """---
-jupytext:
-  text_representation:
-    extension: .md
-    format_name: myst
-    format_version: 0.13
-kernelspec:
-  display_name: Python 3
-  language: python
-  name: python3
----
-
-# A scratch chapter
-
-"""
-
-
-def _chapter(*cells: str) -> str:
-    return HEADER + "\n".join(f"```{{code-cell}} ipython3\n{c}\n```\n" for c in cells)
-
 
 @pytest.fixture
 def scratch(pytester: pytest.Pytester) -> pytest.Pytester:
@@ -48,7 +28,7 @@ def _run(scratch: pytest.Pytester, *paths: str) -> pytest.RunResult:
 def test_a_failing_cell_is_reported_as_a_failure(scratch: pytest.Pytester) -> None:
     (scratch.path / "book").mkdir()
     (scratch.path / "book" / "ch.md").write_text(
-        _chapter("x = 2", "assert x == 3, 'the collector saw this cell fail'", "y = x + 1")
+        chapter_source("x = 2", "assert x == 3, 'the collector saw this cell fail'", "y = x + 1")
     )
     result = _run(scratch, "book")
     result.assert_outcomes(passed=2, failed=1)
@@ -62,7 +42,7 @@ def test_cells_run_in_the_chapter_folder(scratch: pytest.Pytester) -> None:
     folder.mkdir()
     (folder / "data.txt").write_text("beside the chapter")
     (folder / "ch.md").write_text(
-        _chapter(
+        chapter_source(
             "from pathlib import Path\n"
             "assert Path.cwd().name == 'book', Path.cwd()\n"
             "assert Path('data.txt').read_text() == 'beside the chapter'"
@@ -82,6 +62,6 @@ def test_plain_markdown_pages_are_not_collected(scratch: pytest.Pytester) -> Non
 
 def test_without_the_nbval_flags_chapters_are_ignored(scratch: pytest.Pytester) -> None:
     (scratch.path / "book").mkdir()
-    (scratch.path / "book" / "ch.md").write_text(_chapter("raise SystemExit(1)"))
+    (scratch.path / "book" / "ch.md").write_text(chapter_source("raise SystemExit(1)"))
     result = scratch.runpytest_subprocess("-p", "no:cacheprovider", "book")
     assert result.ret == pytest.ExitCode.NO_TESTS_COLLECTED

@@ -18,19 +18,9 @@ from gni_lib.ensemble import METHODS, EnsembleResult, supports_fast_path, train_
 from gni_lib.models import MLP
 from gni_lib.optim import PGD, AntiPGD, PerturbedGD
 from gni_lib.train import train
-from _shared import DEVICES
+from _shared import DEVICES, one_thread  # noqa: F401 (autouse fixture)
 
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These problems are tiny; on a shared 2-core machine torch's intra-op threads
-    only wait on each other (a log_softmax of 30 x 4 took 15 ms under load), so the
-    module runs single-threaded. Results do not depend on the thread count."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 TOL = {torch.float32: 1e-6, torch.float64: 1e-12}
 M = 3
 

@@ -32,19 +32,9 @@ from gni_lib.optim import (
     perturbed_gd_update,
     pgd_update,
 )
-from _shared import DEVICES
+from _shared import DEVICES, one_thread  # noqa: F401 (autouse fixture)
 
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These problems are tiny; on a shared 2-core machine torch's intra-op threads
-    only wait on each other (a log_softmax of 30 x 4 took 15 ms under load), so the
-    module runs single-threaded. Results do not depend on the thread count."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 # Statistical checks use k = 5 standard errors, as in tests/test_data.py: with fixed
 # seeds each check is deterministic; a correct implementation fails a given seed with
