@@ -1,0 +1,163 @@
+"""Sphinx extension: the claims ledger, rendered from ``book/claims.yml``.
+
+The registry lists every claim of the four papers that the book checks (see the
+comment at the top of ``book/claims.yml`` for its fields). The ``{claims-ledger}``
+directive turns it into a table: one row a claim, with a link to the target
+``(claim-<id>)=`` that sits just before the chapter cell asserting it, and the
+measured result that the chapter glued under ``ledger_<id>`` when it executed.
+
+The glued numbers live in the chapters, so the ledger page must be written again
+whenever a chapter is; ``env-get-outdated`` marks it outdated on every build (it is
+one cheap page). The same is done for the pages named in ``gni_always_reread``.
+
+The registry loader and the naming rules are plain functions, imported by
+``tests/test_ledger.py``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import yaml
+from docutils import nodes
+from docutils.statemachine import StringList
+from sphinx.application import Sphinx
+from sphinx.errors import ExtensionError
+from sphinx.util.docutils import SphinxDirective
+
+#: The statuses a claim can have, in the order the ledger counts them.
+STATUSES = ("holds", "holds approximately", "did not reproduce", "pending")
+REQUIRED = ("id", "paper", "where", "statement", "chapter", "status")
+OPTIONAL = ("note",)
+_ID = re.compile(r"^[a-z][a-z0-9]*\.[a-z][a-z0-9_]*$")
+
+
+def target_label(claim_id: str) -> str:
+    """The MyST target a chapter puts before the cell that checks ``claim_id``."""
+    return "claim-" + claim_id.replace(".", "-").replace("_", "-")
+
+
+def glue_key(claim_id: str) -> str:
+    """The glue key under which a chapter stores the measured result for ``claim_id``."""
+    return "ledger_" + claim_id.replace(".", "_")
+
+
+def load_registry(path: str | Path) -> list[dict[str, str]]:
+    """Read and validate the registry; raise ``ValueError`` naming the entry and field."""
+    path = Path(path)
+    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    if not isinstance(data, list) or not data:
+        raise ValueError(f"{path}: expected a non-empty list of claims, got {type(data).__name__}")
+    seen: set[str] = set()
+    entries = []
+    for index, entry in enumerate(data):
+        where = f"{path}: entry {index}"
+        if not isinstance(entry, dict):
+            raise ValueError(f"{where}: expected a mapping, got {type(entry).__name__}")
+        unknown = set(entry) - set(REQUIRED) - set(OPTIONAL)
+        if unknown:
+            raise ValueError(f"{where}: unknown field(s) {sorted(unknown)}")
+        for field in REQUIRED:
+            value = entry.get(field)
+            if not isinstance(value, str) or not value.strip():
+                raise ValueError(f"{where} ({entry.get('id', '?')}): field {field!r} must be a non-empty string")
+        claim_id = entry["id"]
+        if not _ID.match(claim_id):
+            raise ValueError(f"{where}: id {claim_id!r} must look like 'paper.claim' (lower case)")
+        if claim_id in seen:
+            raise ValueError(f"{where}: id {claim_id!r} appears twice")
+        seen.add(claim_id)
+        if entry["status"] not in STATUSES:
+            raise ValueError(f"{where} ({claim_id}): status {entry['status']!r} is not one of {STATUSES}")
+        if "note" in entry and not isinstance(entry["note"], str):
+            raise ValueError(f"{where} ({claim_id}): field 'note' must be a string")
+        entries.append({key: str(value) for key, value in entry.items()})
+    return entries
+
+
+def ledger_rows(entries: list[dict[str, str]], root: Path, ledger_doc: str) -> list[str]:
+    """The ledger as a MyST ``list-table``, one row a claim."""
+    lines = [
+        "```{list-table}",
+        ":header-rows: 1",
+        ":widths: 14 12 26 14 10 24",
+        ":class: gni-ledger",
+        "",
+        "* - Claim",
+        "  - Paper",
+        "  - Statement",
+        "  - Checked in",
+        "  - Status",
+        "  - Measured",
+    ]
+    ledger_dir = os.path.dirname(ledger_doc)
+    for entry in entries:
+        claim_id, chapter, status = entry["id"], entry["chapter"], entry["status"]
+        source = root / f"{chapter}.md"
+        if status != "pending" and not source.exists():
+            raise ExtensionError(f"claims ledger: {claim_id} is {status!r} but {chapter}.md does not exist")
+        if status == "pending":
+            link = f"`{claim_id}`"
+            checked = f"{chapter.rsplit('/', 1)[-1]} (not written yet)"
+            measured = "pending"
+        else:
+            link = f"{{ref}}`{claim_id} <{target_label(claim_id)}>`"
+            checked = f"{{doc}}`/{chapter}`"
+            relative = os.path.relpath(f"{chapter}.md", ledger_dir or ".")
+            measured = f"{{glue:text}}`{relative}::{glue_key(claim_id)}:s`"
+        statement = entry["statement"]
+        if entry.get("note"):
+            statement += f" *({entry['note']})*"
+        lines.append(f"* - {link}")
+        for text in (
+            f"{{cite:t}}`{entry['paper']}`, {entry['where']}",
+            statement,
+            checked,
+            f"**{status}**" if status != "pending" else "pending",
+            measured,
+        ):
+            lines.append(f"  - {text}")
+    lines.append("```")
+    return lines
+
+
+def summary_line(entries: list[dict[str, str]]) -> str:
+    counts = Counter(entry["status"] for entry in entries)
+    parts = [f"{counts[status]} {status}" for status in STATUSES if counts[status]]
+    return f"{len(entries)} claims: " + ", ".join(parts) + "."
+
+
+class ClaimsLedgerDirective(SphinxDirective):
+    """``{claims-ledger}``: the registry as a table (no arguments, no content)."""
+
+    has_content = False
+    required_arguments = 0
+
+    def run(self) -> list[nodes.Node]:
+        root = Path(self.env.srcdir)
+        registry = root / self.config.gni_claims_registry
+        self.env.note_dependency(str(registry))
+        try:
+            entries = load_registry(registry)
+        except ValueError as error:
+            raise self.error(str(error)) from error
+        lines = [summary_line(entries), ""] + ledger_rows(entries, root, self.env.docname)
+        container = nodes.container(classes=["gni-claims-ledger"])
+        self.state.nested_parse(StringList(lines, source=str(registry)), self.content_offset, container)
+        return [container]
+
+
+def _always_outdated(app: Sphinx, env: Any, added: set[str], changed: set[str], removed: set[str]) -> list[str]:
+    return [doc for doc in app.config.gni_always_reread if doc in env.found_docs]
+
+
+def setup(app: Sphinx) -> dict[str, Any]:
+    app.add_config_value("gni_claims_registry", "book/claims.yml", "env")
+    app.add_config_value("gni_always_reread", [], "env")
+    app.add_directive("claims-ledger", ClaimsLedgerDirective)
+    app.connect("env-get-outdated", _always_outdated)
+    return {"version": "1.0", "parallel_read_safe": True, "parallel_write_safe": True}
