@@ -2,7 +2,11 @@
 #   make book   create .venv, install the pinned tool chain and gni_lib, vendor
 #               MathJax, execute every chapter and render HTML into _build/html
 #   make test   the same set-up and build, then the whole test suite
-# Other targets: make bench (ratio benchmarks), make clean.
+# Other targets:
+#   make book-student   the same book with every solution removed, into _build/student
+#   make pdf            one PDF per chapter, printed by headless chromium, into _build/pdf
+#   make bench          ratio benchmarks (benchmarks/RESULTS.md)
+#   make clean
 
 PYTHON    ?= python3
 VENV      := .venv
@@ -14,7 +18,10 @@ MATHJAX   := book/_vendor/mathjax
 JB_FLAGS  := -W -n --keep-going
 PYTEST_FLAGS ?= --durations=10
 
-.PHONY: setup book test bench clean
+STUDENT   := _build/student
+PDF       := _build/pdf
+
+.PHONY: setup book book-student pdf test bench clean
 
 setup: $(INSTALLED) $(MATHJAX)/tex-mml-chtml.js
 
@@ -40,7 +47,14 @@ $(MATHJAX)/tex-mml-chtml.js:
 book: setup
 	$(BIN)/jupyter-book build . $(JB_FLAGS)
 
-test: book
+# The student edition shares the execution cache, so it re-executes nothing.
+book-student: book
+	GNI_EDITION=student $(BIN)/jupyter-book build . --path-output $(STUDENT) $(JB_FLAGS)
+
+pdf: book
+	$(PY) book/_ext/gni_print.py --html _build/html --out $(PDF)
+
+test: book book-student pdf
 	$(PY) -m pytest tests book --nbval-lax --nbval-current-env $(PYTEST_FLAGS)
 
 bench: setup

@@ -15,17 +15,22 @@ The book must have been built first (``make book``; ``make test`` does it).
 
 from __future__ import annotations
 
+import importlib.util
 import os
-import shutil
 from pathlib import Path
 
 import pytest
-import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 #: The rendered book; GNI_BOOK_HTML points the check at another build (e.g. the student edition).
 HTML = Path(os.environ.get("GNI_BOOK_HTML") or REPO / "_build" / "html")
-CHROMIUM = os.environ.get("GNI_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+TOC = Path(os.environ.get("GNI_BOOK_TOC") or REPO / "_toc.yml")
+
+# Launch options, network blocking and the MathJax wait are shared with `make pdf`.
+_spec = importlib.util.spec_from_file_location("gni_print", REPO / "book" / "_ext" / "gni_print.py")
+gni_print = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(gni_print)
+CHROMIUM = gni_print.CHROMIUM
 
 #: Console errors the book theme emits on every page, offline or not. Nothing else is allowed.
 CONSOLE_ALLOWLIST = (
@@ -34,28 +39,12 @@ CONSOLE_ALLOWLIST = (
 )
 
 #: Pages that legitimately carry no mathematics.
-PAGES_WITHOUT_MATH = {"book/bibliography"}
-
-MATH_TIMEOUT_MS = 30_000
+PAGES_WITHOUT_MATH = {"book/bibliography", "book/status", "book/syllabus", "book/running"}
 
 
 def toc_pages() -> list[str]:
     """Every document named in _toc.yml, root first, in reading order."""
-    toc = yaml.safe_load(Path(os.environ.get("GNI_BOOK_TOC") or REPO / "_toc.yml").read_text())
-    pages = [toc["root"]]
-
-    def walk(node: object) -> None:
-        if isinstance(node, dict):
-            if "file" in node:
-                pages.append(node["file"])
-            for value in node.values():
-                walk(value)
-        elif isinstance(node, list):
-            for item in node:
-                walk(item)
-
-    walk({k: v for k, v in toc.items() if k != "root"})
-    return pages
+    return gni_print.toc_pages(TOC)
 
 
 @pytest.fixture(scope="module")
@@ -70,18 +59,7 @@ def browser():
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
-        instance = playwright.chromium.launch(
-            executable_path=CHROMIUM,
-            args=[
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-quic",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-            ],
-        )
+        instance = gni_print.launch(playwright)
         yield instance
         instance.close()
 
@@ -100,15 +78,7 @@ def test_page_renders_offline(browser, page_name: str) -> None:
     page = context.new_page()
     blocked: list[str] = []
     errors: list[str] = []
-
-    def route(route) -> None:
-        if route.request.url.startswith("file://"):
-            route.continue_()
-        else:
-            blocked.append(route.request.url)
-            route.abort()
-
-    page.route("**/*", route)
+    gni_print.block_network(page, blocked)
     page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
     page.on("pageerror", lambda exc: errors.append(f"uncaught: {exc}"))
 
@@ -124,12 +94,7 @@ def test_page_renders_offline(browser, page_name: str) -> None:
     else:
         assert math_count > 0, f"{page_name}: expected mathematics on this page, found none"
     if math_count:
-        page.wait_for_function(
-            "() => window.MathJax && MathJax.startup && MathJax.startup.promise",
-            timeout=MATH_TIMEOUT_MS,
-        )
-        page.evaluate("() => { MathJax.startup.promise.then(() => { window.__gniTypeset = true; }); }")
-        page.wait_for_function("() => window.__gniTypeset === true", timeout=MATH_TIMEOUT_MS)
+        gni_print.wait_for_math(page)
         untypeset = page.evaluate(
             "() => [...document.querySelectorAll('.math')]"
             ".filter(e => !e.querySelector('mjx-container')).map(e => e.textContent.slice(0, 80))"
