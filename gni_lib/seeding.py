@@ -30,7 +30,7 @@ def make_generator(seed: int, device: torch.device | str | None = None) -> torch
 
     Args:
         seed: a non-negative integer. The same seed gives the same numbers.
-        device: where the generator draws; defaults to :func:`get_device`.
+        device: where the generator draws; defaults to :func:`~gni_lib.device.get_device`.
             Noise for a tensor on CUDA must come from a CUDA generator.
 
     Raises:
