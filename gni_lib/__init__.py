@@ -10,6 +10,7 @@ Small modules, one concept each, readable next to the equations they implement:
 * :mod:`gni_lib.penalties`: the input-Jacobian (Tikhonov) penalty, with optional input noise,
   and derivatives of a function of one input;
 * :mod:`gni_lib.jacobians`: the layer Jacobians :math:`J_k` at every noise site;
+* :mod:`gni_lib.accumulated`: the noise that reaches the output, order by order (Camuto et al., Prop. 1);
 * :mod:`gni_lib.regularisers`: the explicit regulariser :math:`R` (Camuto et al., eq. 9)
   and the full second-order term it is the Gauss-Newton part of;
 * :mod:`gni_lib.gap`: the Monte Carlo noise gap :math:`\mathbb{E}[\Delta L]` with its standard error;
@@ -17,6 +18,8 @@ Small modules, one concept each, readable next to the equations they implement:
 * :mod:`gni_lib.optim`: PGD, Anti-PGD and perturbed gradient descent, and their pure updates;
 * :mod:`gni_lib.train`: the training loop the chapters share (:func:`gni_lib.train.train`);
 * :mod:`gni_lib.ensemble`: many models trained at once with ``torch.func.vmap``;
+* :mod:`gni_lib.perturbation`: models and variance of gradients at a perturbed point (Orvieto et al., 2023);
+* :mod:`gni_lib.proximal`: reference solvers: lasso-type proximal steps, group lasso, nuclear-norm regression;
 * :mod:`gni_lib.stats`: standard errors, intervals over seeds and log-log slopes for the asserts;
 * :mod:`gni_lib.data`: generated problems and scikit-learn's bundled sets; nothing is downloaded.
 
@@ -24,6 +27,13 @@ See ``book/notation.md`` for the notation.
 """
 
 from . import optim
+from .accumulated import (
+    accumulated_noise,
+    first_order_noise,
+    noise_taylor_terms,
+    noisy_output,
+    second_order_noise,
+)
 from .curvature import hessian_trace
 from .data import grid_1d, regression_1d
 from .device import get_device
@@ -33,7 +43,9 @@ from .jacobians import layer_jacobians
 from .losses import ce_loss, get_loss, mse_loss
 from .models import MLP
 from .noise import GaussianNoise, noise_sites, replace_site_outputs, set_noise
+from .perturbation import balanced_factors, orthonormal_design, perturbed_gradient_variance
 from .penalties import input_derivatives, jacobian_penalty, per_example_jacobians
+from .proximal import group_lasso, nuclear_norm_regression, singular_value_threshold, soft_threshold
 from .regularisers import explicit_regularizer, second_order_term
 from .scale import by_scale, get_scale
 from .seeding import make_generator, spawn_generators
@@ -63,6 +75,11 @@ __all__ = [
     "t_interval",
     "loglog_slope",
     "layer_jacobians",
+    "noisy_output",
+    "accumulated_noise",
+    "noise_taylor_terms",
+    "first_order_noise",
+    "second_order_noise",
     "explicit_regularizer",
     "second_order_term",
     "noisy_loss_gap",
@@ -70,6 +87,13 @@ __all__ = [
     "optim",
     "History",
     "train_ensemble",
+    "perturbed_gradient_variance",
+    "balanced_factors",
+    "orthonormal_design",
+    "soft_threshold",
+    "singular_value_threshold",
+    "group_lasso",
+    "nuclear_norm_regression",
     "regression_1d",
     "grid_1d",
 ]
