@@ -15,6 +15,7 @@ Small modules, one concept each, readable next to the equations they implement:
   and the full second-order term it is the Gauss-Newton part of;
 * :mod:`gni_lib.gap`: the Monte Carlo noise gap :math:`\mathbb{E}[\Delta L]` with its standard error;
 * :mod:`gni_lib.curvature`: the trace of the parameter Hessian;
+* :mod:`gni_lib.calibration`: expected calibration error, reliability diagrams and classification margins;
 * :mod:`gni_lib.optim`: PGD, Anti-PGD and perturbed gradient descent, and their pure updates;
 * :mod:`gni_lib.train`: the training loop the chapters share (:func:`gni_lib.train.train`);
 * :mod:`gni_lib.ensemble`: many models trained at once with ``torch.func.vmap``;
@@ -33,6 +34,14 @@ from .accumulated import (
     noise_taylor_terms,
     noisy_output,
     second_order_noise,
+)
+from .calibration import (
+    ReliabilityDiagram,
+    expected_calibration_error,
+    input_margin,
+    logit_margin,
+    margin_lower_bound,
+    reliability_diagram,
 )
 from .curvature import hessian_trace
 from .data import grid_1d, regression_1d
@@ -84,6 +93,12 @@ __all__ = [
     "second_order_term",
     "noisy_loss_gap",
     "hessian_trace",
+    "expected_calibration_error",
+    "reliability_diagram",
+    "ReliabilityDiagram",
+    "logit_margin",
+    "input_margin",
+    "margin_lower_bound",
     "optim",
     "History",
     "train_ensemble",

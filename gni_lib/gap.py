@@ -43,14 +43,24 @@ from .noise import replace_site_outputs
 from .regularisers import check_loss
 from .seeding import check_generator
 
-__all__ = ["noisy_loss_gap"]
+__all__ = ["noisy_loss_gap", "per_example_loss"]
 
 #: Rows (draws x examples) per vectorised forward pass.
 ROWS_PER_CHUNK = 8192
 
 
 def per_example_loss(output: Tensor, y: Tensor, loss: str) -> Tensor:
-    r"""Per-example loss: ½‖y_b − ŷ_b‖² (``"mse"``) or cross-entropy (``"ce"``), (N,)."""
+    r"""The loss of each example, before the batch mean.
+
+    ``"mse"``: :math:`\tfrac12 \lVert y_b - \hat y_b \rVert^2` for outputs and targets of
+    shape :math:`(N, d_L)`; ``"ce"``: the softmax cross-entropy of logits :math:`(N, C)`
+    against integer labels :math:`(N,)`. Returns shape :math:`(N,)`.
+
+    Raises:
+        ValueError: for a ``loss`` other than ``"mse"`` or ``"ce"``.
+    """
+    if loss not in ("mse", "ce"):
+        raise ValueError(f"loss must be 'mse' or 'ce', got {loss!r}")
     if loss == "mse":
         return 0.5 * (output - y).pow(2).sum(dim=1)
     return F.cross_entropy(output, y, reduction="none")

@@ -28,6 +28,15 @@ flat buffer ``torch.randn(P, generator=generator, dtype=..., device=...)`` is
 drawn, where :math:`P` counts the coordinates that receive noise this step, and it
 is cut, in parameter order, into one view per parameter tensor and multiplied by
 that tensor's :math:`\sigma`. Nothing is drawn when :math:`\sigma = 0`.
+
+**Noise distribution.** ``distribution="gaussian"`` (the default, all of the above)
+or ``"rademacher"``: every coordinate is :math:`\pm\sigma` with probability
+:math:`\tfrac12` each, the noise of Orvieto et al. (2022), Thm. 3.1. It has the same
+mean and variance as the Gaussian (:math:`0` and :math:`\sigma^2`) but fourth moment
+:math:`\sigma^4` instead of :math:`3\sigma^4`. Its buffer is
+``2 * torch.randint(0, 2, (P,), generator=generator, device=...) - 1``, cast to the
+parameters' dtype, in place of the ``randn`` buffer; the cutting and scaling are
+the same.
 """
 
 from __future__ import annotations
@@ -54,7 +63,11 @@ __all__ = [
     "anti_pgd_update",
     "perturb",
     "perturbed_gd_update",
+    "NOISE_DISTRIBUTIONS",
 ]
+
+#: The accepted values of ``distribution``: standard normal draws, or signs :math:`\pm 1`.
+NOISE_DISTRIBUTIONS = ("gaussian", "rademacher")
 
 Params = Mapping[str, Tensor]
 
@@ -88,6 +101,29 @@ def _check_sigma(value: object, name: str = "sigma") -> float:
 
 def _check_lr(value: object, name: str = "lr") -> float:
     return _check_nonneg(value, name)
+
+
+def _check_distribution(value: object, name: str = "distribution") -> str:
+    if not isinstance(value, str) or value not in NOISE_DISTRIBUTIONS:
+        raise ValueError(f"{name} must be one of {NOISE_DISTRIBUTIONS}, got {value!r}")
+    return value
+
+
+def _standard_draw(
+    size: int,
+    generator: torch.Generator | None,
+    dtype: torch.dtype,
+    device: torch.device,
+    distribution: str = "gaussian",
+) -> Tensor:
+    """``size`` draws with mean 0 and variance 1: ``randn``, or signs 2 * randint(0, 2) - 1.
+
+    Arguments are not validated.
+    """
+    if distribution == "gaussian":
+        return torch.randn(size, generator=generator, dtype=dtype, device=device)
+    signs = torch.randint(0, 2, (size,), generator=generator, device=device)
+    return signs.to(dtype).mul_(2).sub_(1)
 
 
 def _check_params_dict(params: object, name: str) -> Params:
@@ -130,6 +166,8 @@ def draw_noise(
     sigma: float,
     generator: torch.Generator | None,
     keys: Sequence[str] | None = None,
+    *,
+    distribution: str = "gaussian",
 ) -> dict[str, Tensor]:
     r"""Draw :math:`\xi = \sigma z`, :math:`z \sim \mathcal N(0, I)`, shaped like ``params``.
 
@@ -137,6 +175,11 @@ def draw_noise(
     dtype and on their device, cut in the order of ``keys`` (default: the order of
     ``params``) into views of each tensor's shape, times :math:`\sigma`. Call it
     *outside* :func:`torch.func.vmap`; pass the result in.
+
+    With ``distribution="rademacher"`` the coordinates of :math:`z` are independent
+    signs, :math:`P(z_i = 1) = P(z_i = -1) = \tfrac12`, so :math:`\xi_i = \pm\sigma`
+    (Orvieto et al. 2022, Thm. 3.1); the buffer is ``2 * torch.randint(0, 2, (P,),
+    generator=generator) - 1``.
 
     Args:
         params: parameter tensors by name (only shapes, dtype and device are used);
@@ -146,6 +189,7 @@ def draw_noise(
         generator: the source of the noise, on the parameters' device; ``None``
             uses torch's global generator.
         keys: the tensors to draw for (e.g. one key for a layer-wise step).
+        distribution: ``"gaussian"`` or ``"rademacher"`` (see above).
 
     Returns:
         dict[str, Tensor]: :math:`\xi` for each key, shapes as in ``params``.
@@ -154,10 +198,12 @@ def draw_noise(
         TypeError: if ``params`` is not a dict of tensors, ``sigma`` is not a real
             number or ``generator`` is not a generator.
         ValueError: if ``sigma`` is negative or not finite, a key is unknown, the
-            tensors differ in dtype or device, or ``generator`` is on another device.
+            tensors differ in dtype or device, ``generator`` is on another device,
+            or ``distribution`` is not one of :data:`NOISE_DISTRIBUTIONS`.
     """
     params = _check_params_dict(params, "params")
     sigma = _check_sigma(sigma)
+    distribution = _check_distribution(distribution)
     keys = list(params) if keys is None else list(keys)
     for key in keys:
         if key not in params:
@@ -176,7 +222,7 @@ def draw_noise(
     sizes = [params[k].numel() for k in keys]
     if sigma == 0.0:
         return {k: torch.zeros_like(params[k]) for k in keys}
-    flat = torch.randn(sum(sizes), generator=generator, dtype=first.dtype, device=first.device)
+    flat = _standard_draw(sum(sizes), generator, first.dtype, first.device, distribution)
     flat = flat * sigma
     return {k: v.view(params[k].shape) for k, v in zip(keys, flat.split(sizes))}
 
@@ -186,12 +232,14 @@ def draw_stacked_noise(
     sigma: Sequence[float] | Tensor,
     generators: Sequence[torch.Generator],
     keys: Sequence[str] | None = None,
+    *,
+    distribution: str = "gaussian",
 ) -> dict[str, Tensor]:
     r"""Draw noise for :math:`M` stacked models at once: model :math:`m` from ``generators[m]``.
 
     ``stacked[k]`` has shape :math:`(M, *s_k)`. Row :math:`m` of the result is
     exactly what :func:`draw_noise` returns for model :math:`m` alone with
-    ``sigma[m]`` and ``generators[m]``, so an ensemble sees the same noise as
+    ``sigma[m]``, ``generators[m]`` and ``distribution``, so an ensemble sees the same noise as
     :math:`M` separate runs. The :math:`M` draws go into one :math:`(M, P)` buffer,
     scaled by :math:`\sigma` in one multiplication; models with :math:`\sigma_m = 0`
     draw nothing.
@@ -201,10 +249,12 @@ def draw_stacked_noise(
 
     Raises:
         ValueError: if ``sigma`` or ``generators`` does not have :math:`M` entries, a
-            :math:`\sigma_m` is negative or not finite, or as :func:`draw_noise`.
+            :math:`\sigma_m` is negative or not finite, or as :func:`draw_noise`
+            (an unknown ``distribution`` included).
         TypeError: as :func:`draw_noise`.
     """
     stacked = _check_params_dict(stacked, "stacked")
+    distribution = _check_distribution(distribution)
     keys = list(stacked) if keys is None else list(keys)
     for key in keys:
         if key not in stacked:
@@ -224,7 +274,7 @@ def draw_stacked_noise(
             raise TypeError(f"generators[{m}] must be a torch.Generator, got {type(g).__name__}")
         check_generator(g, first.device)
     sizes = [stacked[k][0].numel() for k in keys]
-    buffer = _draw_rows(sum(sizes), sigmas, generators, first.dtype, first.device)
+    buffer = _draw_rows(sum(sizes), sigmas, generators, first.dtype, first.device, distribution)
     return {
         k: v.reshape(stacked[k].shape) for k, v in zip(keys, buffer.split(sizes, dim=1))
     }
@@ -236,16 +286,20 @@ def _draw_rows(
     generators: Sequence[torch.Generator],
     dtype: torch.dtype,
     device: torch.device,
+    distribution: str = "gaussian",
 ) -> Tensor:
     """An (M, size) buffer whose row m is sigma_m * torch.randn(size, generator=generators[m]).
 
-    Rows with sigma_m = 0 are zeros and draw nothing. Arguments are not validated.
+    (Or sigma_m times signs, for ``distribution="rademacher"``.) Rows with
+    sigma_m = 0 are zeros and draw nothing. Arguments are not validated.
     """
     any_zero = any(s == 0.0 for s in sigmas)
     buffer = (torch.zeros if any_zero else torch.empty)(len(sigmas), size, dtype=dtype, device=device)
     for row, (sigma, generator) in enumerate(zip(sigmas, generators)):
-        if sigma > 0.0:
+        if sigma > 0.0 and distribution == "gaussian":
             torch.randn(size, generator=generator, dtype=dtype, device=device, out=buffer[row])
+        elif sigma > 0.0:
+            buffer[row].copy_(_standard_draw(size, generator, dtype, device, distribution))
     scale = torch.tensor(list(sigmas), dtype=dtype, device=device).unsqueeze(1)
     return buffer.mul_(scale)
 
@@ -414,6 +468,7 @@ class _NoisyOptimizer(torch.optim.Optimizer):
         generator: torch.Generator | None,
         base: type[torch.optim.Optimizer] | Callable[..., torch.optim.Optimizer],
         base_kwargs: dict[str, Any],
+        distribution: str = "gaussian",
     ) -> None:
         if isinstance(params, Tensor):
             raise TypeError(
@@ -434,6 +489,7 @@ class _NoisyOptimizer(torch.optim.Optimizer):
             )
         lr = _check_lr(lr)
         sigma = _check_sigma(sigma)
+        self.distribution = _check_distribution(distribution)
         if generator is not None and not isinstance(generator, torch.Generator):
             raise TypeError(
                 f"generator must be a torch.Generator or None, got {type(generator).__name__}"
@@ -480,6 +536,7 @@ class _NoisyOptimizer(torch.optim.Optimizer):
         state = super().__getstate__()
         state["base"] = self.base
         state["generator"] = self.generator
+        state["distribution"] = self.distribution
         return state
 
     def state_dict(self) -> dict[str, Any]:
@@ -536,7 +593,7 @@ class _NoisyOptimizer(torch.optim.Optimizer):
         for (device, dtype), members in groups.items():
             check_generator(self.generator, device)
             sizes = [targets[j][0].numel() for j in members]
-            flat = torch.randn(sum(sizes), generator=self.generator, dtype=dtype, device=device)
+            flat = _standard_draw(sum(sizes), self.generator, dtype, device, self.distribution)
             sigmas = {targets[j][1] for j in members}
             if len(sigmas) == 1:  # the common case: one multiplication for the whole buffer
                 flat.mul_(sigmas.pop())
@@ -566,6 +623,10 @@ _BASE_DOC = r"""
         sigma: the noise standard deviation :math:`\sigma \ge 0` (not a variance).
         generator: where the noise is drawn from, on the parameters' device;
             ``None`` uses torch's global generator.
+        distribution: ``"gaussian"`` (default), :math:`\xi \sim \mathcal N(0,
+            \sigma^2 I)`, or ``"rademacher"``, every coordinate :math:`\pm\sigma` with
+            probability :math:`\tfrac12` (the noise of Orvieto et al. 2022, Thm. 3.1);
+            draw order as in the module docstring.
         base: the optimiser that takes the gradient step, called as
             ``base(param_groups, lr=lr, **base_kwargs)``. The default,
             :class:`torch.optim.SGD` with no momentum and no weight decay, is plain
@@ -577,8 +638,9 @@ _BASE_DOC = r"""
         TypeError: if ``params`` is not an iterable of tensors or dicts, ``lr`` or
             ``sigma`` is not a real number, ``generator`` is not a generator,
             ``base`` does not build an optimiser, or ``lr`` is also in ``base_kwargs``.
-        ValueError: if ``params`` is empty, or ``lr`` or ``sigma`` (of the
-            defaults or of a group) is negative or not finite.
+        ValueError: if ``params`` is empty, ``lr`` or ``sigma`` (of the
+            defaults or of a group) is negative or not finite, or ``distribution``
+            is not one of :data:`NOISE_DISTRIBUTIONS`.
         NonFiniteGradientError: at :meth:`step`, a :class:`ValueError` (and
             :class:`FloatingPointError`) if a gradient has NaN or infinite entries;
             nothing is changed then.
@@ -599,7 +661,8 @@ class PGD(_NoisyOptimizer):
     step is the base's step and :math:`\xi_{n+1}` is added after it.
 
     Every coordinate of every parameter with a gradient gets its own
-    :math:`\mathcal N(0, \sigma^2)` draw (the group's :math:`\sigma`); parameters
+    :math:`\mathcal N(0, \sigma^2)` draw (the group's :math:`\sigma`; or a draw of
+    :math:`\pm\sigma` with ``distribution="rademacher"``); parameters
     whose ``grad`` is ``None`` are skipped, as torch optimisers skip them. The draw
     order is that of the module docstring. With :math:`\sigma = 0` nothing is
     drawn and the trajectory is the base optimiser's, bit for bit.
@@ -612,10 +675,11 @@ class PGD(_NoisyOptimizer):
         sigma: float,
         *,
         generator: torch.Generator | None = None,
+        distribution: str = "gaussian",
         base: type[torch.optim.Optimizer] = torch.optim.SGD,
         **base_kwargs: Any,
     ) -> None:
-        super().__init__(params, lr, sigma, generator, base, base_kwargs)
+        super().__init__(params, lr, sigma, generator, base, base_kwargs, distribution)
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:  # type: ignore[override]
@@ -660,10 +724,11 @@ class AntiPGD(_NoisyOptimizer):
         sigma: float,
         *,
         generator: torch.Generator | None = None,
+        distribution: str = "gaussian",
         base: type[torch.optim.Optimizer] = torch.optim.SGD,
         **base_kwargs: Any,
     ) -> None:
-        super().__init__(params, lr, sigma, generator, base, base_kwargs)
+        super().__init__(params, lr, sigma, generator, base, base_kwargs, distribution)
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:  # type: ignore[override]
@@ -741,12 +806,13 @@ class PerturbedGD(_NoisyOptimizer):
         *,
         layerwise: bool = False,
         generator: torch.Generator | None = None,
+        distribution: str = "gaussian",
         base: type[torch.optim.Optimizer] = torch.optim.SGD,
         **base_kwargs: Any,
     ) -> None:
         if not isinstance(layerwise, bool):
             raise TypeError(f"layerwise must be True or False, got {type(layerwise).__name__}")
-        super().__init__(params, lr, sigma, generator, base, base_kwargs)
+        super().__init__(params, lr, sigma, generator, base, base_kwargs, distribution)
         self.layerwise = layerwise
 
     def __getstate__(self) -> dict[str, Any]:

@@ -106,7 +106,7 @@ def orthonormal_design(
     group-lasso result needs).
 
     Args:
-        n: rows; :math:`n > ` the largest block (the centred columns must have full rank).
+        n: rows, more than the largest block (the centred columns must have full rank).
         d: columns, :math:`\ge 1`.
         group_sizes: contiguous block sizes adding up to :math:`d`, or ``None``.
         seed, dtype, device: as the generators of :mod:`gni_lib.data`.

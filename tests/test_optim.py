@@ -669,3 +669,140 @@ def test_generator_on_the_wrong_device():
     opt = PGD(model.parameters(), 0.1, 0.1, generator=_gen(0, "cpu"))
     with pytest.raises(ValueError, match="generator"):
         opt.step(_closure(model, opt, x, y))
+
+
+# --- Rademacher (+-sigma) noise, the noise of Orvieto et al. (2022), Thm. 3.1 -------------------------
+
+
+def _signs_like(params, sigma, generator):
+    """The documented Rademacher draw: one flat 2 * randint(0, 2) - 1 over all tensors, times sigma."""
+    sizes = [p.numel() for p in params]
+    bits = torch.randint(0, 2, (sum(sizes),), generator=generator, device=params[0].device)
+    flat = (2 * bits - 1).to(params[0].dtype)
+    return [c.view(p.shape) * sigma for p, c in zip(params, flat.split(sizes))]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_rademacher_draw_is_the_documented_sign_buffer(device):
+    params = {k: v.to(device) for k, v in _row(_stacked(count=1), 0).items()}
+    generator = _gen(30, device)
+    clone = copy.deepcopy(generator)
+    xi = draw_noise(params, 0.3, generator, distribution="rademacher")
+    expected = _signs_like(list(params.values()), 0.3, clone)
+    for (k, value), e in zip(xi.items(), expected):
+        assert torch.equal(value, e)
+        assert value.shape == params[k].shape and value.dtype == params[k].dtype
+        assert torch.equal(value.abs(), torch.full_like(value, 0.3))  # exactly +-sigma
+    assert torch.equal(generator.get_state(), clone.get_state())  # one buffer, nothing more
+    # The Gaussian default is untouched by the option: same seed, the old randn buffer.
+    gauss = draw_noise(params, 0.3, _gen(30, device))
+    assert all(torch.equal(gauss[k], e) for k, e in zip(params, _noise_like(list(params.values()), 0.3, _gen(30, device))))
+
+
+def test_rademacher_moments():
+    r"""Mean 0 (SE sigma/sqrt(P)), P(+sigma) = 1/2 (SE 1/(2 sqrt(P))), variance sigma^2 and
+    fourth moment sigma^4 exactly; a Gaussian has fourth moment 3 sigma^4 (SE sigma^4 sqrt(96/P))."""
+    sigma, size = 0.5, 200_000
+    params = {"w": torch.zeros(size, dtype=torch.float64)}
+    xi = draw_noise(params, sigma, _gen(31), distribution="rademacher")["w"]
+    assert abs(xi.mean().item()) < K * sigma / math.sqrt(size)
+    assert abs((xi > 0).double().mean().item() - 0.5) < K * 0.5 / math.sqrt(size)
+    assert xi.pow(2).mean().item() == pytest.approx(sigma**2, rel=1e-14)
+    assert xi.pow(4).mean().item() == pytest.approx(sigma**4, rel=1e-14)
+    gauss = draw_noise(params, sigma, _gen(31))["w"]
+    assert abs(gauss.pow(4).mean().item() - 3 * sigma**4) < K * sigma**4 * math.sqrt(96 / size)
+
+
+@pytest.mark.parametrize("cls", [PGD, AntiPGD])
+def test_optimisers_add_the_rademacher_draw(cls):
+    """With a zero gradient the first PGD / Anti-PGD step (xi_0 = 0) adds the documented sign draw."""
+    model = _model()
+    before = _params(model)
+    generator = _gen(32)
+    clone = copy.deepcopy(generator)
+    opt = cls(model.parameters(), 0.1, 0.2, generator=generator, distribution="rademacher")
+    opt.step(_zero_gradient_closure(list(model.parameters()), opt))
+    for p, w, e in zip(model.parameters(), before, _signs_like(before, 0.2, clone)):
+        assert torch.equal(p.detach(), w + e)
+    assert torch.equal(generator.get_state(), clone.get_state())
+
+
+def test_perturbed_gd_evaluates_at_a_rademacher_point():
+    x, y = _problem()
+    model = _model()
+    before = _params(model)
+    clone = _gen(33)
+    opt = PerturbedGD(model.parameters(), 0.1, 0.2, generator=_gen(33), distribution="rademacher")
+    seen = []
+    opt.step(_closure(model, opt, x, y, log=seen))
+    expected = [w + e for w, e in zip(before, _signs_like(before, 0.2, clone))]
+    assert _equal(seen[0], expected)
+
+
+def test_anti_pgd_change_of_variables_with_rademacher_noise():
+    """z_n = w_n - xi_n follows GD at z_n + xi_n for +-sigma noise too, and |xi| = sigma."""
+    d, lr, sigma, steps = 4, 0.1, 0.3, 30
+    u = torch.nn.Parameter(torch.linspace(0.5, 1.5, d, dtype=torch.float64))
+    v = torch.nn.Parameter(torch.tensor(1.0, dtype=torch.float64))
+    z = torch.cat([u.detach(), v.detach().reshape(1)])
+    generator = _gen(34)
+    clone = copy.deepcopy(generator)
+    opt = AntiPGD([u, v], lr, sigma, generator=generator, distribution="rademacher")
+
+    def closure():
+        opt.zero_grad()
+        loss = widening_valley_loss(u, v)
+        loss.backward()
+        return loss
+
+    xi = torch.zeros_like(z)
+    start = z.clone()
+    for _ in range(steps):
+        z = z - lr * _valley_grad(z + xi)
+        noise = _signs_like([u, v], sigma, clone)
+        xi = torch.cat([noise[0], noise[1].reshape(1)])
+        opt.step(closure)
+        w = torch.cat([u.detach(), v.detach().reshape(1)])
+        state_xi = torch.cat([opt.state[u]["xi"], opt.state[v]["xi"].reshape(1)])
+        assert torch.equal(state_xi, xi)
+        assert torch.equal(state_xi.abs(), torch.full_like(state_xi, sigma))
+        torch.testing.assert_close(w - state_xi, z, rtol=1e-12, atol=1e-12)
+    assert (z - start).abs().max() > 0.01
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_draw_stacked_rademacher_rows_are_single_draws(device):
+    stacked = {k: v.to(device) for k, v in _stacked(count=3).items()}
+    sigmas = [0.1, 0.0, 0.5]
+    generators = [_gen(40 + m, device) for m in range(3)]
+    clones = copy.deepcopy(generators)
+    noise = draw_stacked_noise(stacked, sigmas, generators, distribution="rademacher")
+    for m in range(3):
+        single = draw_noise(_row(stacked, m), sigmas[m], clones[m], distribution="rademacher")
+        for k in stacked:
+            assert torch.equal(noise[k][m], single[k])
+    assert torch.equal(noise["w"][1], torch.zeros_like(noise["w"][1]))
+    assert torch.equal(noise["w"][2].abs(), torch.full_like(noise["w"][2], 0.5))
+
+
+def test_the_distribution_survives_deepcopy_and_pickling():
+    model = _model()
+    opt = AntiPGD(model.parameters(), 0.05, 0.1, generator=_gen(35), distribution="rademacher")
+    twin_model, twin = copy.deepcopy((model, opt))
+    assert twin.distribution == "rademacher"
+    buffer = io.BytesIO()
+    torch.save(opt, buffer)
+    buffer.seek(0)
+    assert torch.load(buffer, weights_only=False).distribution == "rademacher"
+
+
+@pytest.mark.parametrize("bad", ["uniform", "Gaussian", None, 3])
+def test_unknown_distribution_names_the_argument(bad):
+    params = {"w": torch.zeros(2, 3)}
+    with pytest.raises(ValueError, match="distribution"):
+        draw_noise(params, 0.1, None, distribution=bad)
+    with pytest.raises(ValueError, match="distribution"):
+        draw_stacked_noise({"w": torch.zeros(2, 3)}, [0.1, 0.1], [_gen(0), _gen(1)], distribution=bad)
+    for cls in (PGD, AntiPGD, PerturbedGD):
+        with pytest.raises(ValueError, match="distribution"):
+            cls(_model().parameters(), 0.1, 0.1, distribution=bad)
