@@ -53,7 +53,13 @@ from .losses import ce_loss, get_loss, mse_loss
 from .models import MLP
 from .noise import GaussianNoise, noise_sites, replace_site_outputs, set_noise
 from .perturbation import balanced_factors, orthonormal_design, perturbed_gradient_variance
-from .penalties import input_derivatives, jacobian_penalty, per_example_jacobians
+from .penalties import (
+    input_derivatives,
+    input_hessian_norm,
+    jacobian_laplacian_cross,
+    jacobian_penalty,
+    per_example_jacobians,
+)
 from .proximal import group_lasso, nuclear_norm_regression, singular_value_threshold, soft_threshold
 from .regularisers import explicit_regularizer, second_order_term
 from .scale import by_scale, get_scale
@@ -80,6 +86,8 @@ __all__ = [
     "jacobian_penalty",
     "per_example_jacobians",
     "input_derivatives",
+    "input_hessian_norm",
+    "jacobian_laplacian_cross",
     "mean_and_se",
     "t_interval",
     "loglog_slope",

@@ -12,7 +12,19 @@ For a model :math:`F : \mathbb R^{d_\text{in}} \to \mathbb R^{d_\text{out}}`,
 amounts to for the squared error (Bishop 1995); :math:`P_\sigma` is the penalty of
 Rifai et al. (2011), who add noise only *inside* the regulariser and show that
 :math:`P_\sigma = P_0 + \sigma^2 \lVert H_F \rVert^2 + \dots`, a penalty on the
-Hessian as well.
+Hessian as well. To second order in :math:`\sigma` (Rifai et al. 2011;
+chapter 07 of the book),
+
+.. math::
+
+    P_\sigma(x) = \lVert J_F \rVert_F^2
+        + \sigma^2 \Bigl( \lVert H_F \rVert_F^2
+        + \sum_{k,i} J_{ki}\, \partial_i \Delta F_k \Bigr) + O(\sigma^4),
+
+with :math:`\lVert H_F \rVert_F^2 = \sum_{k,a,b} (\partial_a \partial_b F_k)^2`
+(:func:`input_hessian_norm`) and the third-derivative cross term
+(:func:`jacobian_laplacian_cross`). For many outputs the Jacobian norm has an
+unbiased Hutchinson estimate, ``jacobian_penalty(..., method="hutchinson")``.
 """
 
 from __future__ import annotations
@@ -26,7 +38,17 @@ from torch import Tensor
 
 from .seeding import check_generator
 
-__all__ = ["jacobian_penalty", "per_example_jacobians", "input_derivatives"]
+__all__ = [
+    "jacobian_penalty",
+    "per_example_jacobians",
+    "input_derivatives",
+    "input_hessian_norm",
+    "jacobian_laplacian_cross",
+    "PENALTY_METHODS",
+]
+
+#: The estimators :func:`jacobian_penalty` accepts as ``method``.
+PENALTY_METHODS = ("exact", "hutchinson")
 
 
 def _check_input(x: object) -> Tensor:
@@ -81,12 +103,7 @@ def per_example_jacobians(model: Callable[[Tensor], Tensor], x: Tensor) -> Tenso
 
 def _jacobians(model: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
     output, vjp_fn = torch.func.vjp(model, x)
-    if not isinstance(output, Tensor) or output.ndim != 2 or output.shape[0] != x.shape[0]:
-        shape = tuple(output.shape) if isinstance(output, Tensor) else type(output).__name__
-        raise ValueError(
-            f"model must map x of shape (B, d_in) = {tuple(x.shape)} to an output of shape "
-            f"(B, d_out), got {shape}"
-        )
+    _check_output(output, x)
     batch, d_out = output.shape
     # basis[i] is the cotangent e_i repeated over the batch: shape (d_out, B, d_out).
     basis = torch.eye(d_out, device=output.device, dtype=output.dtype)
@@ -101,6 +118,8 @@ def jacobian_penalty(
     *,
     noise_std: float = 0.0,
     samples: int = 1,
+    method: str = "exact",
+    probes: int = 1,
     generator: torch.Generator | None = None,
 ) -> Tensor:
     r"""Return the mean squared Frobenius norm of the input-output Jacobian, at noisy inputs.
@@ -123,6 +142,29 @@ def jacobian_penalty(
     ``[s, b]``. When :math:`\sigma = 0` nothing is drawn and ``samples`` does not
     change the value (every draw would give the same Jacobian).
 
+    **Methods.** ``method="exact"`` computes every Jacobian, one vector-Jacobian
+    product per output coordinate (:math:`d_\text{out}` of them, vectorised).
+    ``method="hutchinson"`` replaces :math:`\lVert J \rVert_F^2` by the unbiased
+    estimate
+
+    .. math::
+
+        \lVert J \rVert_F^2 = \mathbb E_v \lVert v^\top J \rVert^2
+        \approx \frac1M \sum_{m=1}^{M} \lVert v_m^\top J \rVert^2,
+        \qquad v_m \in \{-1, +1\}^{d_\text{out}} \text{ Rademacher},
+
+    (:math:`\mathbb E[v v^\top] = I`), with :math:`M` = ``probes`` independent
+    probes per (noisy) example: :math:`M` vector-Jacobian products instead of
+    :math:`d_\text{out}`. For a fixed draw the estimate is a smooth function of
+    the parameters, so its parameter gradient is an unbiased estimate of the
+    gradient of the exact penalty. ``probes`` is ignored by ``"exact"``.
+
+    **Draw order.** When :math:`\sigma > 0`, the noise is drawn first (see above);
+    then, for ``"hutchinson"``, the probes are
+    ``2 * torch.randint(0, 2, (probes, N, d_out), generator=generator,
+    device=x.device) - 1`` (cast to ``x``'s dtype), with :math:`N = S B` noisy
+    inputs in the order of the noise draw (:math:`N = B` when :math:`\sigma = 0`).
+
     **The model is evaluated as given**, once, on all :math:`S B` noisy inputs. Its
     own noise sites should be off (``model.eval()``) or absent, otherwise their
     noise enters the Jacobian as well. Examples must not interact (see
@@ -139,18 +181,21 @@ def jacobian_penalty(
         noise_std: :math:`\sigma \ge 0`, the standard deviation (not variance) of
             the input noise.
         samples: :math:`S \ge 1`, noise draws per example.
-        generator: the source of :math:`\varepsilon`, on ``x``'s device type;
-            ``None`` uses torch's global generator.
+        method: ``"exact"`` or ``"hutchinson"`` (see :data:`PENALTY_METHODS`).
+        probes: :math:`M \ge 1`, Rademacher probes per noisy example (``"hutchinson"``).
+        generator: the source of :math:`\varepsilon` and of the probes, on ``x``'s
+            device type; ``None`` uses torch's global generator.
 
     Returns:
         Tensor: a scalar on ``x``'s device and dtype.
 
     Raises:
         TypeError: if ``model`` is not callable, ``x`` is not a tensor,
-            ``noise_std`` is not a real number, ``samples`` is not an int, or
-            ``generator`` is not a :class:`torch.Generator`.
+            ``noise_std`` is not a real number, ``samples`` or ``probes`` is not an
+            int, or ``generator`` is not a :class:`torch.Generator`.
         ValueError: if ``x`` is not 2-D, floating, and finite; ``noise_std`` is
-            negative or not finite; ``samples < 1``; ``generator`` draws on another
+            negative or not finite; ``samples < 1``; ``method`` is not in
+            :data:`PENALTY_METHODS`; ``probes < 1``; ``generator`` draws on another
             device type than ``x``; or the model's output is not
             :math:`(N, d_\text{out})`.
     """
@@ -172,6 +217,12 @@ def jacobian_penalty(
         raise TypeError(f"samples must be a positive int, got {type(samples).__name__}")
     if samples < 1:
         raise ValueError(f"samples must be a positive int, got {samples}")
+    if not isinstance(method, str) or method not in PENALTY_METHODS:
+        raise ValueError(f"method must be one of {PENALTY_METHODS}, got {method!r}")
+    if isinstance(probes, bool) or not isinstance(probes, numbers.Integral):
+        raise TypeError(f"probes must be a positive int, got {type(probes).__name__}")
+    if probes < 1:
+        raise ValueError(f"probes must be a positive int, got {probes}")
     check_generator(generator, x.device)
 
     batch, d_in = x.shape
@@ -184,8 +235,141 @@ def jacobian_penalty(
         )
         inputs = (x.unsqueeze(0) + float(noise_std) * eps).reshape(int(samples) * batch, d_in)
         count = int(samples) * batch
+    if method == "hutchinson":
+        return _hutchinson_squared_norm(model, inputs, int(probes), generator) / count
     jac = _jacobians(model, inputs)
     return jac.pow(2).sum() / count
+
+
+def _hutchinson_squared_norm(
+    model: Callable[[Tensor], Tensor], inputs: Tensor, probes: int, generator: torch.Generator | None
+) -> Tensor:
+    """Sum over rows of the probe-mean of ||v^T J||^2, Rademacher v over the outputs."""
+    output, vjp_fn = torch.func.vjp(model, inputs)
+    _check_output(output, inputs)
+    count, d_out = output.shape
+    signs = torch.randint(0, 2, (probes, count, d_out), generator=generator, device=inputs.device)
+    cotangents = (2 * signs - 1).to(output.dtype)
+    (rows,) = torch.func.vmap(vjp_fn)(cotangents)  # (probes, N, d_in): v^T J per row
+    return rows.pow(2).sum() / probes
+
+
+def _check_output(output: object, x: Tensor) -> None:
+    if not isinstance(output, Tensor) or output.ndim != 2 or output.shape[0] != x.shape[0]:
+        shape = tuple(output.shape) if isinstance(output, Tensor) else type(output).__name__
+        raise ValueError(
+            f"model must map x of shape (B, d_in) = {tuple(x.shape)} to an output of shape "
+            f"(B, d_out), got {shape}"
+        )
+
+
+def _per_example(model: Callable[[Tensor], Tensor], x: Tensor) -> Callable[[Tensor], Tensor]:
+    """Check the model on the batch and return the map of one example, (d_in,) -> (d_out,)."""
+    with torch.no_grad():
+        _check_output(model(x[:1]), x[:1])
+
+    def one(xb: Tensor) -> Tensor:
+        return model(xb.unsqueeze(0)).squeeze(0)
+
+    return one
+
+
+def _input_hessians(one: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
+    """(B, d_out, d_in, d_in): forward-over-reverse Hessians of every output, vmapped over examples."""
+    return torch.func.vmap(torch.func.jacfwd(torch.func.jacrev(one)))(x)
+
+
+def input_hessian_norm(model: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
+    r"""Return the mean squared Frobenius norm of the input Hessians of every output.
+
+    .. math::
+
+        \frac1B \sum_{b=1}^{B} \lVert H_F(x_b) \rVert_F^2
+        = \frac1B \sum_{b} \sum_{k=1}^{d_\text{out}} \sum_{a,c=1}^{d_\text{in}}
+          \Bigl(\frac{\partial^2 F_k(x_b)}{\partial x_a \partial x_c}\Bigr)^2 .
+
+    This is the Hessian penalty that Rifai et al. (2011) obtain, at order
+    :math:`\sigma^2`, from :math:`\mathbb E \lVert J_F(x + \varepsilon) \rVert_F^2`
+    without computing it; here it is computed exactly (forward-over-reverse
+    :func:`torch.func.jacfwd` of :func:`torch.func.jacrev`, vectorised over the
+    batch with :func:`torch.func.vmap`), as the oracle for that claim. Its cost
+    grows like :math:`d_\text{out}\, d_\text{in}` products per example: fine for
+    the small networks of the book, not meant for training large ones.
+
+    The model must act on each example separately and must not draw random
+    numbers (put an :func:`gni_lib.models.MLP` in ``eval()`` mode). The value is
+    differentiable with respect to the parameters when autograd is on.
+
+    Args:
+        model: maps :math:`(B, d_\text{in})` to :math:`(B, d_\text{out})`.
+        x: the inputs, shape :math:`(B, d_\text{in})`, finite, floating point.
+
+    Returns:
+        Tensor: a scalar on ``x``'s device and dtype.
+
+    Raises:
+        TypeError: if ``model`` is not callable or ``x`` is not a tensor.
+        ValueError: if ``x`` is not a finite 2-D floating tensor, or the model's
+            output is not of shape :math:`(B, d_\text{out})`.
+    """
+    if not callable(model):
+        raise TypeError(
+            f"model must be callable (B, d_in) -> (B, d_out), got {type(model).__name__}"
+        )
+    x = _check_input(x)
+    hessians = _input_hessians(_per_example(model, x), x)
+    return hessians.pow(2).sum() / x.shape[0]
+
+
+def jacobian_laplacian_cross(model: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
+    r"""Return the mean third-derivative cross term :math:`\sum_{k,i} J_{ki}\, \partial_i \Delta F_k`.
+
+    .. math::
+
+        \frac1B \sum_{b=1}^{B} \sum_{k=1}^{d_\text{out}} \sum_{i=1}^{d_\text{in}}
+          \frac{\partial F_k(x_b)}{\partial x_i}\,
+          \frac{\partial}{\partial x_i} \sum_{a=1}^{d_\text{in}}
+          \frac{\partial^2 F_k(x_b)}{\partial x_a^2}
+        = \frac1B \sum_b \sum_k \nabla F_k \cdot \nabla \Delta F_k .
+
+    The second term of the :math:`\sigma^2` coefficient of
+    :math:`\mathbb E \lVert J_F(x + \varepsilon) \rVert_F^2` (Rifai et al. 2011):
+    with :math:`P(x) = \lVert J_F(x) \rVert_F^2`,
+    :math:`\tfrac12 \Delta P = \lVert H_F \rVert_F^2 + \sum_k \nabla F_k \cdot
+    \nabla\Delta F_k`. Unlike :func:`input_hessian_norm` it has no sign.
+    Computed as the reverse-mode Jacobian of the Laplacian (the trace of the
+    forward-over-reverse Hessian), vectorised over the batch: a third derivative,
+    meant for small networks.
+
+    The model must act on each example separately and must not draw random
+    numbers (``eval()`` mode). Differentiable with respect to the parameters.
+
+    Args:
+        model: maps :math:`(B, d_\text{in})` to :math:`(B, d_\text{out})`.
+        x: the inputs, shape :math:`(B, d_\text{in})`, finite, floating point.
+
+    Returns:
+        Tensor: a scalar on ``x``'s device and dtype.
+
+    Raises:
+        TypeError: if ``model`` is not callable or ``x`` is not a tensor.
+        ValueError: if ``x`` is not a finite 2-D floating tensor, or the model's
+            output is not of shape :math:`(B, d_\text{out})`.
+    """
+    if not callable(model):
+        raise TypeError(
+            f"model must be callable (B, d_in) -> (B, d_out), got {type(model).__name__}"
+        )
+    x = _check_input(x)
+    one = _per_example(model, x)
+
+    def laplacian(xb: Tensor) -> Tensor:
+        hessian = torch.func.jacfwd(torch.func.jacrev(one))(xb)  # (d_out, d_in, d_in)
+        return torch.diagonal(hessian, dim1=-2, dim2=-1).sum(-1)  # (d_out,)
+
+    grad_laplacian = torch.func.vmap(torch.func.jacrev(laplacian))(x)  # (B, d_out, d_in)
+    jac = _jacobians(model, x)  # (B, d_out, d_in)
+    return (jac * grad_laplacian).sum() / x.shape[0]
 
 
 def input_derivatives(fn: Callable[[Tensor], Tensor], x: Tensor, order: int) -> list[Tensor]:

@@ -65,14 +65,22 @@ def used_names(source: str) -> list[str]:
                 for alias in node.names:
                     if alias.name.split(".")[0] == "gni_lib":
                         aliases[alias.asname or alias.name.split(".")[0]] = alias.asname and alias.name or "gni_lib"
-        for node in ast.walk(tree):
+        inner: set[int] = set()
+        chains: list[tuple[int, int, str]] = []
+        for node in ast.walk(tree):  # outer attributes come before the ones they contain
             if isinstance(node, ast.Attribute):
+                if isinstance(node.value, ast.Attribute):
+                    inner.add(id(node.value))
+                if id(node) in inner:
+                    continue
                 dotted = _dotted(node)
                 if dotted is None:
                     continue
                 head, _, rest = dotted.partition(".")
                 if head in aliases and rest:
-                    add(f"{aliases[head]}.{rest}")
+                    chains.append((node.lineno, node.col_offset, f"{aliases[head]}.{rest}"))
+        for _, _, name in sorted(chains):
+            add(name)
     return names
 
 
