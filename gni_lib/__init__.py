@@ -14,6 +14,8 @@ Small modules, one concept each, readable next to the equations they implement:
 * :mod:`gni_lib.regularisers`: the explicit regulariser :math:`R` (Camuto et al., eq. 9)
   and the full second-order term it is the Gauss-Newton part of;
 * :mod:`gni_lib.gap`: the Monte Carlo noise gap :math:`\mathbb{E}[\Delta L]` with its standard error;
+* :mod:`gni_lib.spectral`: Fourier spectra and the Sobolev seminorm on a periodic grid (Camuto et al., Thm. 2);
+* :mod:`gni_lib.layer_norms`: layer-to-layer Jacobian norms and traces of square layers (Camuto et al., Fig. 5);
 * :mod:`gni_lib.curvature`: the trace of the parameter Hessian;
 * :mod:`gni_lib.calibration`: expected calibration error, reliability diagrams and classification margins;
 * :mod:`gni_lib.optim`: PGD, Anti-PGD and perturbed gradient descent, and their pure updates;
@@ -49,6 +51,7 @@ from .device import get_device
 from .ensemble import train_ensemble
 from .gap import noisy_loss_gap
 from .jacobians import layer_jacobians
+from .layer_norms import layer_jacobian_norms, layer_to_layer_jacobians, square_layer_traces
 from .losses import ce_loss, get_loss, mse_loss
 from .models import MLP
 from .noise import GaussianNoise, noise_sites, replace_site_outputs, set_noise
@@ -64,6 +67,7 @@ from .proximal import group_lasso, nuclear_norm_regression, singular_value_thres
 from .regularisers import explicit_regularizer, second_order_term
 from .scale import by_scale, get_scale
 from .seeding import make_generator, spawn_generators
+from .spectral import fourier_spectrum, sobolev_seminorm_fourier, spectral_derivative
 from .stats import loglog_slope, mean_and_se, t_interval
 from .train import History
 
@@ -101,6 +105,12 @@ __all__ = [
     "second_order_term",
     "noisy_loss_gap",
     "hessian_trace",
+    "fourier_spectrum",
+    "spectral_derivative",
+    "sobolev_seminorm_fourier",
+    "layer_to_layer_jacobians",
+    "layer_jacobian_norms",
+    "square_layer_traces",
     "expected_calibration_error",
     "reliability_diagram",
     "ReliabilityDiagram",

@@ -41,13 +41,13 @@ the same.
 
 from __future__ import annotations
 
-import math
-import numbers
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
+
+from ._checks import check_real
 
 from .seeding import check_generator
 
@@ -84,23 +84,12 @@ class NonFiniteGradientError(ValueError, FloatingPointError):
 # --- validation --------------------------------------------------------------------------------
 
 
-def _check_nonneg(value: object, name: str, what: str = "") -> float:
-    if isinstance(value, Tensor) and value.numel() == 1:
-        value = value.item()
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a finite real number >= 0{what}, got {type(value).__name__}")
-    value = float(value)
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"{name} must be a finite real number >= 0{what}, got {value!r}")
-    return value
-
-
 def _check_sigma(value: object, name: str = "sigma") -> float:
-    return _check_nonneg(value, name, " (a standard deviation, not a variance)")
+    return check_real(value, name, what=" (a standard deviation, not a variance)")
 
 
 def _check_lr(value: object, name: str = "lr") -> float:
-    return _check_nonneg(value, name)
+    return check_real(value, name)
 
 
 def _check_distribution(value: object, name: str = "distribution") -> str:

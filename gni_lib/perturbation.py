@@ -32,6 +32,8 @@ from collections.abc import Callable, Mapping, Sequence
 import torch
 from torch import Tensor
 
+from ._checks import check_int, check_tensor
+
 from .seeding import check_generator, make_generator
 from .stats import mean_and_se
 
@@ -49,28 +51,10 @@ __all__ = [
 # --- validation --------------------------------------------------------------------------------
 
 
-def _check_tensor(value: object, name: str, ndim: int | None = None) -> Tensor:
-    if not isinstance(value, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
-    if not value.is_floating_point():
-        raise ValueError(f"{name} must be a floating-point tensor, got dtype {value.dtype}")
-    if ndim is not None and value.ndim != ndim:
-        raise ValueError(f"{name} must have {ndim} dimensions, got shape {tuple(value.shape)}")
-    return value
-
-
-def _check_int(value: object, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int >= {minimum}, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value}")
-    return int(value)
-
-
 def _check_sizes(group_sizes: object, d: int | None = None) -> list[int]:
     if isinstance(group_sizes, (str, bytes)) or not isinstance(group_sizes, Sequence) or not group_sizes:
         raise TypeError(f"group_sizes must be a non-empty sequence of positive ints, got {group_sizes!r}")
-    sizes = [_check_int(s, "group_sizes", 1) for s in group_sizes]
+    sizes = [check_int(s, "group_sizes", 1) for s in group_sizes]
     if d is not None and sum(sizes) != d:
         raise ValueError(f"group_sizes must add up to {d}, got sum {sum(sizes)}")
     return sizes
@@ -118,8 +102,8 @@ def orthonormal_design(
         TypeError, ValueError: on bad sizes (named), or if :math:`n` is not larger
             than the largest block.
     """
-    d = _check_int(d, "d", 1)
-    n = _check_int(n, "n", 2)
+    d = check_int(d, "d", 1)
+    n = check_int(n, "n", 2)
     sizes = [d] if group_sizes is None else _check_sizes(group_sizes, d)
     if n <= max(sizes):
         raise ValueError(f"n must exceed the largest block size {max(sizes)} to whiten it, got {n}")
@@ -138,9 +122,9 @@ def orthonormal_design(
 
 
 def _group_args(u: object, v: object, x: object, group_sizes: object) -> tuple[Tensor, Tensor, Tensor, list[int]]:
-    u = _check_tensor(u, "u", ndim=1)
-    v = _check_tensor(v, "v", ndim=1)
-    x = _check_tensor(x, "x", ndim=2)
+    u = check_tensor(u, "u", ndim=1, finite=False)
+    v = check_tensor(v, "v", ndim=1, finite=False)
+    x = check_tensor(x, "x", ndim=2, finite=False)
     sizes = _check_sizes(group_sizes, u.shape[0])
     if v.shape != (len(sizes),):
         raise ValueError(f"v must have one entry per group, shape ({len(sizes)},), got {tuple(v.shape)}")
@@ -174,7 +158,7 @@ def group_network_loss(u: Tensor, v: Tensor, x: Tensor, y: Tensor, group_sizes: 
             shapes, or group sizes that do not add up to :math:`d`.
     """
     u, v, x, sizes = _group_args(u, v, x, group_sizes)
-    y = _check_tensor(y, "y", ndim=1)
+    y = check_tensor(y, "y", ndim=1, finite=False)
     if y.shape[0] != x.shape[0]:
         raise ValueError(f"y must have shape ({x.shape[0]},), got {tuple(y.shape)}")
     beta = u * _expand(v, sizes)
@@ -218,9 +202,9 @@ def _starts(sizes: list[int]) -> list[int]:
 
 
 def _factor_args(w1: object, w2: object, x: object) -> tuple[Tensor, Tensor, Tensor]:
-    w1 = _check_tensor(w1, "w1", ndim=2)
-    w2 = _check_tensor(w2, "w2", ndim=2)
-    x = _check_tensor(x, "x", ndim=2)
+    w1 = check_tensor(w1, "w1", ndim=2, finite=False)
+    w2 = check_tensor(w2, "w2", ndim=2, finite=False)
+    x = check_tensor(x, "x", ndim=2, finite=False)
     if w2.shape[1] != w1.shape[0]:
         raise ValueError(f"w2 must have shape (k, {w1.shape[0]}) to multiply w1 {tuple(w1.shape)}, "
                          f"got {tuple(w2.shape)}")
@@ -247,7 +231,7 @@ def factorised_loss(w1: Tensor, w2: Tensor, x: Tensor, y: Tensor) -> Tensor:
         TypeError, ValueError: on non-tensors, non-floating tensors or mismatched shapes.
     """
     w1, w2, x = _factor_args(w1, w2, x)
-    y = _check_tensor(y, "y", ndim=2)
+    y = check_tensor(y, "y", ndim=2, finite=False)
     if y.shape != (x.shape[0], w2.shape[0]):
         raise ValueError(f"y must have shape ({x.shape[0]}, {w2.shape[0]}), got {tuple(y.shape)}")
     return (x @ w1.T @ w2.T - y).pow(2).sum() / (2 * x.shape[0])
@@ -298,10 +282,10 @@ def balanced_factors(
         TypeError: if ``b`` is not a tensor or ``width`` not an int.
         ValueError: if ``width < min(k, d)``, or the generator is on another device.
     """
-    b = _check_tensor(b, "b", ndim=2)
+    b = check_tensor(b, "b", ndim=2, finite=False)
     k, d = b.shape
     r = min(k, d)
-    width = _check_int(width, "width", r)
+    width = check_int(width, "width", r)
     check_generator(generator, b.device)
     u, s, vh = torch.linalg.svd(b, full_matrices=False)
     gauss = torch.randn(width, r, generator=generator, dtype=b.dtype, device=b.device)
@@ -414,12 +398,12 @@ def perturbed_gradient_variance(
     if not params:
         raise ValueError("params must hold at least one tensor, got an empty dict")
     for name, value in params.items():
-        _check_tensor(value, f"params[{name!r}]")
+        check_tensor(value, f"params[{name!r}]", finite=False)
     sigma = _check_sigma(sigma)
     if not isinstance(layerwise, bool):
         raise TypeError(f"layerwise must be True or False, got {type(layerwise).__name__}")
-    samples = _check_int(samples, "samples", 2)
-    chunk = _check_int(chunk, "chunk", 1)
+    samples = check_int(samples, "samples", 2)
+    chunk = check_int(chunk, "chunk", 1)
     first = next(iter(params.values()))
     check_generator(generator, first.device)
     grad_fn = torch.func.grad(loss_fn)

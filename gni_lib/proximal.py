@@ -30,11 +30,12 @@ for reference solutions).
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor
+
+from ._checks import check_int, check_real, check_tensor
 
 __all__ = [
     "soft_threshold",
@@ -51,37 +52,6 @@ __all__ = [
 # --- validation --------------------------------------------------------------------------------
 
 
-def _check_tensor(value: object, name: str, ndim: int | None = None) -> Tensor:
-    if not isinstance(value, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
-    if not value.is_floating_point():
-        raise ValueError(f"{name} must be a floating-point tensor, got dtype {value.dtype}")
-    if ndim is not None and value.ndim != ndim:
-        raise ValueError(f"{name} must have {ndim} dimensions, got shape {tuple(value.shape)}")
-    if not bool(torch.isfinite(value).all()):
-        raise ValueError(f"{name} must be finite, but it holds NaN or infinite entries")
-    return value
-
-
-def _check_nonneg(value: object, name: str) -> float:
-    if isinstance(value, Tensor) and value.numel() == 1:
-        value = value.item()
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a finite real number >= 0, got {type(value).__name__}")
-    value = float(value)
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"{name} must be a finite real number >= 0, got {value!r}")
-    return value
-
-
-def _check_positive_int(value: object, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be a positive int, got {type(value).__name__}")
-    if value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value}")
-    return int(value)
-
-
 def group_index(group_sizes: Sequence[int], device: torch.device | str | None = None) -> Tensor:
     r"""Return the group of each coordinate: ``[0]*d_0 + [1]*d_1 + ...`` as an int64 tensor.
 
@@ -96,7 +66,7 @@ def group_index(group_sizes: Sequence[int], device: torch.device | str | None = 
         raise TypeError(f"group_sizes must be a sequence of positive ints, got {type(group_sizes).__name__}")
     if len(group_sizes) == 0:
         raise ValueError("group_sizes must be a non-empty sequence of positive ints, got []")
-    sizes = [_check_positive_int(s, "group_sizes") for s in group_sizes]
+    sizes = [check_int(s, "group_sizes") for s in group_sizes]
     device = torch.device("cpu") if device is None else torch.device(device)
     return torch.repeat_interleave(torch.arange(len(sizes), device=device),
                                    torch.tensor(sizes, device=device))
@@ -105,7 +75,7 @@ def group_index(group_sizes: Sequence[int], device: torch.device | str | None = 
 def _check_groups(group_sizes: Sequence[int], d: int) -> list[int]:
     if isinstance(group_sizes, (str, bytes)) or not isinstance(group_sizes, Sequence):
         raise TypeError(f"group_sizes must be a sequence of positive ints, got {type(group_sizes).__name__}")
-    sizes = [_check_positive_int(s, "group_sizes") for s in group_sizes]
+    sizes = [check_int(s, "group_sizes") for s in group_sizes]
     if sum(sizes) != d:
         raise ValueError(f"group_sizes must add up to the number of coefficients {d}, got sum {sum(sizes)}")
     return sizes
@@ -142,8 +112,8 @@ def soft_threshold(z: Tensor, tau: float) -> Tensor:
         TypeError: if ``z`` is not a tensor or ``tau`` not a real number.
         ValueError: if ``tau < 0`` or ``z`` is not finite floating point.
     """
-    z = _check_tensor(z, "z")
-    tau = _check_nonneg(tau, "tau")
+    z = check_tensor(z, "z")
+    tau = check_real(tau, "tau")
     return torch.sign(z) * torch.clamp(z.abs() - tau, min=0.0)
 
 
@@ -162,7 +132,7 @@ def group_soft_threshold(z: Tensor, group_sizes: Sequence[int], thresholds: Tens
         TypeError, ValueError: on a bad ``z``, ``group_sizes`` or ``thresholds``
             (each named in the message).
     """
-    z = _check_tensor(z, "z", ndim=1)
+    z = check_tensor(z, "z", ndim=1)
     sizes = _check_groups(group_sizes, z.shape[0])
     tau = _check_weights(thresholds, len(sizes), sizes, z.dtype, z.device)
     return _block_shrink(z, group_index(sizes, z.device), tau)
@@ -194,8 +164,8 @@ def singular_value_threshold(m: Tensor, tau: float) -> Tensor:
     Raises:
         TypeError, ValueError: if ``m`` is not a finite 2-D floating tensor or ``tau < 0``.
     """
-    m = _check_tensor(m, "m", ndim=2)
-    tau = _check_nonneg(tau, "tau")
+    m = check_tensor(m, "m", ndim=2)
+    tau = check_real(tau, "tau")
     u, s, vh = torch.linalg.svd(m, full_matrices=False)
     return (u * torch.clamp(s - tau, min=0.0)) @ vh
 
@@ -204,8 +174,8 @@ def singular_value_threshold(m: Tensor, tau: float) -> Tensor:
 
 
 def _check_design(x: object, y: object, y_ndim: int) -> tuple[Tensor, Tensor]:
-    x = _check_tensor(x, "x", ndim=2)
-    y = _check_tensor(y, "y", ndim=y_ndim)
+    x = check_tensor(x, "x", ndim=2)
+    y = check_tensor(y, "y", ndim=y_ndim)
     if y.shape[0] != x.shape[0]:
         raise ValueError(f"y must have {x.shape[0]} rows (one per row of x), got shape {tuple(y.shape)}")
     if y.dtype != x.dtype or y.device != x.device:
@@ -272,10 +242,10 @@ def group_lasso(
     x, y = _check_design(x, y, 1)
     n, d = x.shape
     sizes = _check_groups(group_sizes, d)
-    lam = _check_nonneg(lam, "lam")
+    lam = check_real(lam, "lam")
     w = _check_weights(weights, len(sizes), sizes, x.dtype, x.device)
-    max_iter = _check_positive_int(max_iter, "max_iter")
-    tol = _check_nonneg(tol, "tol")
+    max_iter = check_int(max_iter, "max_iter")
+    tol = check_real(tol, "tol")
     lipschitz = torch.linalg.matrix_norm(x, ord=2).item() ** 2 / n
     if lipschitz == 0:
         return torch.zeros(d, dtype=x.dtype, device=x.device)
@@ -315,11 +285,11 @@ def group_lasso_kkt_violation(
         TypeError, ValueError: as :func:`group_lasso`, and if ``beta`` is not :math:`(d,)`.
     """
     x, y = _check_design(x, y, 1)
-    beta = _check_tensor(beta, "beta", ndim=1)
+    beta = check_tensor(beta, "beta", ndim=1)
     if beta.shape[0] != x.shape[1]:
         raise ValueError(f"beta must have shape ({x.shape[1]},), got {tuple(beta.shape)}")
     sizes = _check_groups(group_sizes, x.shape[1])
-    lam = _check_nonneg(lam, "lam")
+    lam = check_real(lam, "lam")
     w = _check_weights(weights, len(sizes), sizes, x.dtype, x.device)
     c = x.T @ (y - x @ beta) / x.shape[0]
     worst = 0.0
@@ -367,9 +337,9 @@ def nuclear_norm_regression(
     """
     x, y = _check_design(x, y, 2)
     n, d = x.shape
-    lam = _check_nonneg(lam, "lam")
-    max_iter = _check_positive_int(max_iter, "max_iter")
-    tol = _check_nonneg(tol, "tol")
+    lam = check_real(lam, "lam")
+    max_iter = check_int(max_iter, "max_iter")
+    tol = check_real(tol, "tol")
     k = y.shape[1]
     lipschitz = torch.linalg.matrix_norm(x, ord=2).item() ** 2 / n
     if lipschitz == 0:
@@ -402,11 +372,11 @@ def nuclear_norm_kkt_violation(x: Tensor, y: Tensor, b: Tensor, lam: float, *, r
         TypeError, ValueError: as :func:`nuclear_norm_regression`, and if ``b`` is not :math:`(k, d)`.
     """
     x, y = _check_design(x, y, 2)
-    b = _check_tensor(b, "b", ndim=2)
+    b = check_tensor(b, "b", ndim=2)
     if b.shape != (y.shape[1], x.shape[1]):
         raise ValueError(f"b must have shape ({y.shape[1]}, {x.shape[1]}), got {tuple(b.shape)}")
-    lam = _check_nonneg(lam, "lam")
-    rank_tol = _check_nonneg(rank_tol, "rank_tol")
+    lam = check_real(lam, "lam")
+    rank_tol = check_real(rank_tol, "rank_tol")
     c = (y - x @ b.T).T @ x / x.shape[0]
     u, s, vh = torch.linalg.svd(b, full_matrices=False)
     r = int((s > rank_tol * max(s.max().item(), 1e-300)).sum().item()) if s.numel() else 0

@@ -1,0 +1,51 @@
+"""Argument checks shared by the gni_lib modules (private).
+
+Each check returns the value in the form the caller needs, or raises a ``TypeError``
+(wrong kind) or ``ValueError`` (wrong value) whose message names the argument and
+says what was expected.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+from torch import Tensor
+
+
+def check_int(value: object, name: str, minimum: int = 1) -> int:
+    """An ``int`` (not a ``bool``) of at least ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int >= {minimum}, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value}")
+    return int(value)
+
+
+def check_real(value: object, name: str, *, positive: bool = False, what: str = "") -> float:
+    """A finite real number, ``>= 0`` (or ``> 0`` with ``positive``); a one-element tensor is accepted.
+
+    ``what`` is appended to the expectation in the message (e.g. ``" (a standard deviation)"``).
+    """
+    bound = "> 0" if positive else ">= 0"
+    if isinstance(value, Tensor) and value.numel() == 1:
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a finite real number {bound}{what}, got {type(value).__name__}")
+    value = float(value)
+    if not math.isfinite(value) or value < 0 or (positive and value == 0):
+        raise ValueError(f"{name} must be a finite real number {bound}{what}, got {value!r}")
+    return value
+
+
+def check_tensor(value: object, name: str, *, ndim: int | None = None, finite: bool = True) -> Tensor:
+    """A floating-point tensor, with ``ndim`` dimensions if given, and finite unless ``finite=False``."""
+    if not isinstance(value, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+    if not value.is_floating_point():
+        raise ValueError(f"{name} must be a floating-point tensor, got dtype {value.dtype}")
+    if ndim is not None and value.ndim != ndim:
+        raise ValueError(f"{name} must have {ndim} dimensions, got shape {tuple(value.shape)}")
+    if finite and not bool(value.isfinite().all()):
+        raise ValueError(f"{name} must be finite, but it holds NaN or infinite entries")
+    return value
