@@ -26,6 +26,16 @@ it, so **the ensemble equals training the** :math:`M` **models one by one** with
 :func:`gni_lib.train.train` and :class:`gni_lib.optim.PGD` (etc.) up to
 floating-point round-off in the batched matrix products (tested: 1e-6 in
 float32, 1e-12 in float64).
+
+The models may also carry noise *sites* (Camuto et al. 2020, chapter 4 of the
+book): with ``inject_noise=True`` every site adds :math:`\sigma_{m,k} z`, row
+:math:`m` of the noise drawn from ``site_generators[m]`` in forward order, as a
+:class:`gni_lib.noise.GaussianNoise` with that generator would; and
+``penalty="explicit_regularizer"`` adds :math:`\lambda_m R_m`, the explicit
+regulariser of eq. 9, computed exactly for all models at once on the fast path
+(a batched backward recursion for :math:`C J_k`, differentiable) and by a loop
+over the models on the ``vmap`` path. Both again equal one-at-a-time training
+with :func:`gni_lib.train.train` (``inject_noise=...``, ``penalty=...``).
 """
 
 from __future__ import annotations
@@ -44,7 +54,8 @@ from torch.func import functional_call, grad_and_value, stack_module_state, vmap
 from tqdm import tqdm
 
 from .losses import get_loss
-from .noise import GaussianNoise
+from .noise import GaussianNoise, noise_sites, replace_site_outputs
+from .regularisers import explicit_regularizer
 from .optim import _check_sigma, _draw_rows, anti_pgd_update, gd_update, perturb, pgd_update
 from .seeding import check_generator
 from .train import (
@@ -95,15 +106,20 @@ def supports_fast_path(model: nn.Module) -> bool:
 
     Those are the models (for example every :func:`gni_lib.models.MLP` with its
     noise sites off) that :func:`train_ensemble` runs through ``torch.baddbmm``
-    instead of ``vmap``. Noise sites count as elementwise only with
-    :math:`\\sigma = 0` (the ensemble never injects activation noise).
+    instead of ``vmap`` by default. Noise sites count as elementwise only with
+    :math:`\\sigma = 0` here; with ``inject_noise`` given, :func:`train_ensemble`
+    also runs MLPs whose sites have :math:`\\sigma > 0` on the fast path.
     """
+    return _fits_fast_path(model, allow_noise=False)
+
+
+def _fits_fast_path(model: nn.Module, *, allow_noise: bool) -> bool:
     if not isinstance(model, nn.Sequential) or len(model) == 0:
         return False
     for child in model:
         if isinstance(child, nn.Linear):
             continue
-        if isinstance(child, GaussianNoise) and child.sigma == 0.0:
+        if isinstance(child, GaussianNoise) and (allow_noise or child.sigma == 0.0):
             continue
         if isinstance(child, _ELEMENTWISE) and not any(True for _ in child.parameters()):
             continue
@@ -130,32 +146,121 @@ def _per_model_accuracy(out: Tensor, target: Tensor) -> Tensor:
 # --- the two forward routes ---------------------------------------------------------------------
 
 
-def _fast_forward(layers: list[tuple], params: Mapping[str, Tensor], x: Tensor) -> Tensor:
-    """Stacked MLP forward: ``x`` is (B, d) (shared) or (M, B, d); returns (M, B, d_out)."""
+def _fast_forward(
+    layers: list[tuple],
+    params: Mapping[str, Tensor],
+    x: Tensor,
+    site_noise: Callable[[int, str, Tensor], Tensor] | None = None,
+    trace: list[tuple] | None = None,
+) -> Tensor:
+    """Stacked MLP forward: ``x`` is (B, d) (shared) or (M, B, d); returns (M, B, d_out).
+
+    ``layers`` holds ``("site", k, mode)`` entries only when noise sites matter
+    (injection or the explicit regulariser); ``site_noise(k, mode, h)`` then returns
+    the perturbed activation. ``trace`` collects what :func:`_fast_regularizer`
+    needs: ``("linear", W)``, ``("act", module, input, output)``, ``("site", k, mode, h)``.
+    """
     count = next(iter(params.values())).shape[0]
     h = x if x.ndim == 3 else x.expand(count, *x.shape)
     for kind, a, b in layers:
         if kind == "linear":
             weight = params[a].transpose(1, 2)
+            if trace is not None:
+                trace.append(("linear", params[a]))
             if b is None:
                 h = torch.bmm(h, weight)
             else:
                 h = torch.baddbmm(params[b].unsqueeze(1), h, weight)
+        elif kind == "site":
+            if trace is not None:
+                trace.append(("site", a, b, h))
+            if site_noise is not None:
+                h = site_noise(a, b, h)
         else:
-            h = a(h)
+            out = a(h)
+            if trace is not None:
+                trace.append(("act", a, h, out))
+            h = out
     return h
 
 
-def _fast_layers(model: nn.Sequential) -> list[tuple]:
+def _fast_layers(model: nn.Sequential, include_sites: bool = False) -> list[tuple]:
     layers: list[tuple] = []
+    site = 0
     for name, child in model.named_children():
         if isinstance(child, nn.Linear):
             layers.append(("linear", f"{name}.weight", f"{name}.bias" if child.bias is not None else None))
         elif isinstance(child, GaussianNoise):
-            continue
+            if include_sites:
+                layers.append(("site", site, child.mode))
+            site += 1
         else:
             layers.append(("act", child, None))
     return layers
+
+
+def _activation_derivative(module: nn.Module, u: Tensor, a: Tensor) -> Tensor:
+    r""":math:`\phi'(u)` of an elementwise module with ``a = module(u)``, differentiable in
+    :math:`u` (hence in the parameters) when ``u`` carries a graph."""
+    if u.requires_grad and a.requires_grad:
+        (d,) = torch.autograd.grad(a.sum(), u, create_graph=True)
+        return d
+    with torch.enable_grad():
+        leaf = u.detach().requires_grad_(True)
+        (d,) = torch.autograd.grad(module(leaf).sum(), leaf)
+    return d
+
+
+def _fast_regularizer(
+    trace: list[tuple], output: Tensor, loss: str, site_sigmas: Tensor, active_sites: set[int]
+) -> Tensor:
+    r"""Per-model explicit regulariser :math:`R_m` (Camuto et al. 2020, eq. 9), shape (M,).
+
+    .. math::
+
+        R_m = \frac{1}{2B} \sum_b \sum_k \sigma_{m,k}^2
+            \bigl\lVert C_{m,b}\, J_{m,k}(x_b) \bigr\rVert_F^2,
+
+    with :math:`C = I` (MSE, eq. 11) or the rows :math:`\sqrt{p_j}(e_j - p)` of
+    :math:`S^\top`, :math:`S S^\top = H_L` (CE, eq. 13), and :math:`\sigma_{m,k}^2`
+    replaced by :math:`\sigma_{m,k}^2 h_{k,a}^2` on coordinate :math:`a` for a
+    multiplicative site (eq. 6). :math:`C J_k` comes from the backward recursion
+    over the children (``G <- G W`` through a linear layer, ``G <- G diag(phi')``
+    through an activation), batched over models and examples. Differentiable in
+    the parameters: the same quantity as :func:`gni_lib.regularisers.explicit_regularizer`
+    with ``method="exact"``, for all models at once. ``site_sigmas`` is (M, K);
+    ``active_sites`` holds the sites with :math:`\sigma_{m,k} > 0` for some model.
+    """
+    count, batch, d_out = output.shape
+    if loss == "mse":
+        eye = torch.eye(d_out, dtype=output.dtype, device=output.device)
+        g = eye.expand(count, batch, d_out, d_out)
+    else:
+        p = torch.softmax(output, dim=-1)
+        root = p.sqrt()
+        g = torch.diag_embed(root) - root.unsqueeze(-1) * p.unsqueeze(-2)
+    rows = g.shape[2]
+    active = [i for i, entry in enumerate(trace) if entry[0] == "site" and entry[1] in active_sites]
+    total = output.new_zeros(count)
+    if not active:
+        return total
+    for i in range(len(trace) - 1, active[0] - 1, -1):
+        entry = trace[i]
+        if entry[0] == "linear":
+            weight = entry[1]  # (M, out, in)
+            g = torch.bmm(g.reshape(count, batch * rows, weight.shape[1]), weight)
+            g = g.reshape(count, batch, rows, weight.shape[2])
+        elif entry[0] == "act":
+            g = g * _activation_derivative(entry[1], entry[2], entry[3]).unsqueeze(2)
+        elif i in active:
+            _, k, mode, h = entry
+            sigma = site_sigmas[:, k]
+            if mode == "multiplicative":  # columns times sigma_k h_k (eq. 6)
+                scaled = g * (sigma.view(count, 1, 1) * h).unsqueeze(2)
+                total = total + scaled.pow(2).sum(dim=(1, 2, 3))
+            else:
+                total = total + sigma.pow(2) * g.pow(2).sum(dim=(1, 2, 3))
+    return 0.5 * total / batch
 
 
 # --- validation ---------------------------------------------------------------------------------
@@ -176,7 +281,7 @@ def _per_model_values(value: object, count: int, name: str, check: Callable[[obj
     return [check(v, f"{name}[{m}]") for m, v in enumerate(value)]
 
 
-def _check_models(models: object) -> list[nn.Module]:
+def _check_models(models: object, allow_noise: bool = False) -> list[nn.Module]:
     if isinstance(models, nn.Module) or not isinstance(models, Sequence) or not models:
         raise TypeError(
             "models must be a non-empty list of torch.nn.Module copies of one architecture, "
@@ -198,16 +303,40 @@ def _check_models(models: object) -> list[nn.Module]:
         if not all(p.requires_grad for p in model.parameters()):
             raise ValueError(f"models[{m}] has parameters with requires_grad=False; all are trained")
         for site in model.modules():
-            if isinstance(site, GaussianNoise) and site.sigma > 0.0:
+            if isinstance(site, GaussianNoise) and site.sigma > 0.0 and not allow_noise:
                 raise ValueError(
-                    f"models[{m}] has a noise site with sigma={site.sigma}; train_ensemble injects "
-                    "noise only through the optimiser (method, sigma). Set the sites' sigma to 0 "
-                    "(gni_lib.noise.set_noise) or train noise-injected networks with "
-                    "gni_lib.train.train"
+                    f"models[{m}] has a noise site with sigma={site.sigma}; say what to do with it: "
+                    "inject_noise=True (the sites inject noise in training, drawn from "
+                    "site_generators) or inject_noise=False (sites off, e.g. for "
+                    "penalty='explicit_regularizer'), or set the sites' sigma to 0 "
+                    "(gni_lib.noise.set_noise)"
                 )
     if len({id(model) for model in models}) != len(models):
         raise ValueError("models must be distinct module objects (copy.deepcopy each one)")
+    modes = [site.mode for site in noise_sites(models[0])]
+    for m, model in enumerate(models):
+        if [site.mode for site in noise_sites(model)] != modes:
+            raise ValueError(f"models[{m}] must have the noise sites (number and modes) of models[0]")
     return models
+
+
+def _check_generators(generators: object, count: int, device: torch.device, name: str) -> list[torch.Generator]:
+    if not isinstance(generators, Sequence) or isinstance(generators, (str, bytes)):
+        raise TypeError(
+            f"{name} must be a sequence of {count} torch.Generators, got {type(generators).__name__}"
+        )
+    if len(generators) != count:
+        raise ValueError(f"{name} must have one generator per model ({count}), got {len(generators)}")
+    for m, g in enumerate(generators):
+        if not isinstance(g, torch.Generator):
+            raise TypeError(f"{name}[{m}] must be a torch.Generator, got {type(g).__name__}")
+        try:
+            check_generator(g, device)
+        except ValueError as error:
+            raise ValueError(f"{name}[{m}]: {error}") from None
+    if len({id(g) for g in generators}) != count:
+        raise ValueError(f"{name} must be distinct objects, one per model")
+    return list(generators)
 
 
 def _batch_iterators(
@@ -229,6 +358,36 @@ def _batch_iterators(
         f"batch_generator must be None, a torch.Generator or a sequence of them, "
         f"got {type(batch_generator).__name__}"
     )
+
+
+def _site_call_shapes(model: nn.Module, x: Tensor) -> list[tuple[int, tuple[int, ...]]]:
+    """The noise sites in the order a forward pass calls them, with each activation's
+    shape after the batch dimension: one clean probe pass on ``x[:1]`` (vmap path)."""
+    calls: list[tuple[int, tuple[int, ...]]] = []
+
+    def record(k: int, h: Tensor) -> Tensor:
+        calls.append((k, tuple(h.shape[1:])))
+        return h
+
+    with torch.no_grad(), replace_site_outputs(model, record) as counts:
+        model(x[:1])
+    for k, number in enumerate(counts):
+        if number != 1:
+            raise ValueError(
+                f"models[0]'s noise site {k} was called {number} times in one forward pass; "
+                "inject_noise=True needs every GaussianNoise site used exactly once"
+            )
+    return calls
+
+
+def _draw_site_calls(
+    calls: list[tuple[int, tuple[int, ...]]], batch: int, draw: Callable[[int, tuple[int, ...]], Tensor], sites: int
+) -> list[Tensor]:
+    """Every site's noise for all models, (M, batch, *shape) per site, drawn in call order."""
+    noise: list[Tensor | None] = [None] * sites
+    for k, shape in calls:
+        noise[k] = draw(k, (batch, *shape))
+    return noise  # type: ignore[return-value]
 
 
 # --- the trainer ---------------------------------------------------------------------------------
@@ -254,6 +413,10 @@ def train_ensemble(
     record_extra: Mapping[str, Callable[[nn.Module], float]] | None = None,
     fast_path: bool | None = None,
     progress: bool | None = None,
+    inject_noise: bool | None = None,
+    site_generators: Sequence[torch.Generator] | None = None,
+    penalty: str | Callable[[nn.Module, Tensor], Tensor] | None = None,
+    penalty_weight: float | Sequence[float] = 1.0,
 ) -> EnsembleResult:
     r"""Train :math:`M` copies of one architecture at once; each equals its own sequential run.
 
@@ -280,10 +443,39 @@ def train_ensemble(
     round-off of batched products (1e-6 in float32, 1e-12 in float64 in the
     tests), not bit for bit.
 
-    Models must be clean networks: a noise site with :math:`\sigma > 0` is an
-    error (noise enters only through the optimiser here; train a noise-injected
-    network with :func:`gni_lib.train.train`). Training runs with the models in
-    ``eval()`` mode. The final parameters are written back into ``models``.
+    **Noise sites and penalties** (Camuto et al. 2020, Sec. 3 and Fig. 3). By
+    default (``inject_noise=None``) a model with a noise site of :math:`\sigma > 0`
+    is refused. With ``inject_noise=True`` the sites inject noise at every step:
+    site :math:`k` of model :math:`m` computes :math:`h_k + \sigma_{m,k} z` (or
+    :math:`h_k (1 + \sigma_{m,k} z)`, eq. 6), with :math:`\sigma_{m,k}` read from
+    ``models[m]``'s own sites (so the models may differ in :math:`\sigma`) and
+    :math:`z` drawn as ``torch.randn(h_k.shape, generator=site_generators[m])``,
+    site by site in forward order, nothing for :math:`\sigma_{m,k} = 0`: the draws
+    of a :class:`gni_lib.noise.GaussianNoise` whose generator is a copy of
+    ``site_generators[m]`` (the sites' own generators are not used). With
+    ``inject_noise=False`` the sites are off (clean forward pass) but their
+    :math:`\sigma_{m,k}` are still read by the penalty. The training objective of
+    model :math:`m` is then :math:`L + \lambda_m P`, as in :func:`gni_lib.train.train`
+    with ``penalty=P, penalty_weight=lambda_m, inject_noise=...``:
+
+    - ``penalty="explicit_regularizer"``: :math:`P = R`, eq. 9, exactly as
+      ``explicit_regularizer(model, x_batch, loss=loss, method="exact")``. On the fast
+      path it is computed for all models at once by a batched backward recursion
+      for :math:`C J_k` (one ``bmm`` per layer, differentiable); on the ``vmap``
+      path it falls back to a Python loop over the models (one
+      :func:`~gni_lib.regularisers.explicit_regularizer` call and one backward pass
+      per model and step).
+    - a callable ``penalty(model, x_batch) -> scalar``: always the loop fallback:
+      ``models[m]`` is loaded with its current (possibly perturbed) parameters, in
+      ``eval()`` mode (noise off, unlike :func:`~gni_lib.train.train` with
+      ``inject_noise=True``, where a penalty that runs the model sees noise).
+
+    The penalty is evaluated on the step's batch and at the point where the loss
+    is (the perturbed weights for ``"perturbed_gd"``), and recorded, unweighted,
+    on the whole training set in ``histories[m].penalty`` at each record step.
+    The recorded losses are always the clean ones. Training otherwise runs with
+    the models in ``eval()`` mode. The final parameters are written back into
+    ``models``.
 
     Args:
         models: :math:`M \ge 1` distinct modules with the same parameter names,
@@ -310,6 +502,13 @@ def train_ensemble(
         fast_path: ``None`` picks the batched-matmul route when
             :func:`supports_fast_path` holds, ``True`` demands it, ``False`` uses ``vmap``.
         progress: a tqdm bar, as in :func:`gni_lib.train.train`.
+        inject_noise: ``None`` (models must have no site with :math:`\sigma > 0`),
+            ``True`` (sites inject noise at every step) or ``False`` (sites off).
+        site_generators: :math:`M` distinct generators on the models' device, the
+            source of the sites' noise; required when ``inject_noise=True`` and a
+            site has :math:`\sigma > 0`. Independent of ``generators`` (optimiser noise).
+        penalty: ``None``, ``"explicit_regularizer"`` or a callable ``(model, x) -> scalar``.
+        penalty_weight: :math:`\lambda \ge 0`, one for all or a sequence of :math:`M`.
 
     Returns:
         EnsembleResult: the per-model histories and the stacked final parameters.
@@ -321,12 +520,17 @@ def train_ensemble(
             sequences of the wrong length, an unknown ``method`` or ``loss``,
             ``sigma > 0`` with ``"gd"``, ``layerwise`` without ``"perturbed_gd"``,
             missing ``generators``, ``fast_path=True`` for a model it does not fit,
-            targets that do not suit the loss.
+            targets that do not suit the loss, models whose noise sites differ in
+            number or mode, missing or wrong ``site_generators``, an unknown
+            ``penalty`` string, ``"explicit_regularizer"`` for models without noise
+            sites, a negative ``penalty_weight``.
         FloatingPointError: if a model's loss or gradient becomes NaN or infinite;
             the message names the model and the step, and no model takes that step
             (the models hold the parameters from before it).
     """
-    models = _check_models(models)
+    if inject_noise is not None and not isinstance(inject_noise, bool):
+        raise TypeError(f"inject_noise must be True, False or None, got {type(inject_noise).__name__}")
+    models = _check_models(models, allow_noise=inject_noise is not None)
     count = len(models)
     x, y = _check_pair(x, y, "x", "y")
     steps = _check_positive_int(steps, "steps")
@@ -344,24 +548,51 @@ def train_ensemble(
     dtype = next(models[0].parameters()).dtype
     noisy = method != "gd" and any(s > 0 for s in sigmas)
     if generators is not None:
-        if not isinstance(generators, Sequence) or isinstance(generators, (str, bytes)):
-            raise TypeError(
-                f"generators must be a sequence of {count} torch.Generators, got {type(generators).__name__}"
-            )
-        if len(generators) != count:
-            raise ValueError(f"generators must have one generator per model ({count}), got {len(generators)}")
-        for m, g in enumerate(generators):
-            if not isinstance(g, torch.Generator):
-                raise TypeError(f"generators[{m}] must be a torch.Generator, got {type(g).__name__}")
-            check_generator(g, device)
-        if len({id(g) for g in generators}) != count:
-            raise ValueError("generators must be distinct objects, one per model")
+        generators = _check_generators(generators, count, device, "generators")
     elif noisy:
         raise ValueError(
             f"generators must be given (one torch.Generator per model, e.g. "
             f"gni_lib.spawn_generators(seed, {count})) when sigma > 0"
         )
     loss_fn = get_loss(loss)
+    # Noise sites: sigma_{m,k} per model and site, read from each model's own sites.
+    site_sigmas = torch.tensor(
+        [[site.sigma for site in noise_sites(model)] for model in models], dtype=dtype, device=device
+    ).reshape(count, -1)
+    site_rows = site_sigmas.T.tolist()  # site k -> [sigma_{0,k}, ..., sigma_{M-1,k}]
+    site_modes = [site.mode for site in noise_sites(models[0])]
+    active_sites = {k for k, row in enumerate(site_rows) if any(s > 0 for s in row)}
+    noise_on = bool(inject_noise) and bool((site_sigmas > 0).any())
+    if site_generators is not None:
+        site_generators = _check_generators(site_generators, count, device, "site_generators")
+        if not inject_noise:
+            raise ValueError("site_generators is only used with inject_noise=True")
+    elif noise_on:
+        raise ValueError(
+            f"site_generators must be given (one torch.Generator per model, e.g. "
+            f"gni_lib.spawn_generators(seed, {count})) when inject_noise=True and a site has sigma > 0"
+        )
+    if penalty is None:
+        penalty_kind = None
+    elif isinstance(penalty, str):
+        if penalty != "explicit_regularizer":
+            raise ValueError(
+                f"penalty must be None, 'explicit_regularizer' or a callable (model, x) -> scalar, "
+                f"got {penalty!r}"
+            )
+        if not site_modes:
+            raise ValueError("penalty='explicit_regularizer' needs models with GaussianNoise sites; they have none")
+        penalty_kind = "explicit_regularizer"
+    elif callable(penalty):
+        penalty_kind = "callable"
+    else:
+        raise TypeError(
+            f"penalty must be None, 'explicit_regularizer' or a callable (model, x) -> scalar, "
+            f"got {type(penalty).__name__}"
+        )
+    weights = _per_model_values(
+        penalty_weight, count, "penalty_weight", lambda v, name: _check_real(v, name, positive=False)
+    )
     if (x_test is None) != (y_test is None):
         missing = "y_test" if y_test is None else "x_test"
         raise ValueError(f"x_test and y_test must be given together; {missing} is missing")
@@ -389,7 +620,7 @@ def train_ensemble(
     for name, fn in extras.items():
         if not isinstance(name, str) or not callable(fn):
             raise TypeError(f"record_extra must map str names to callables fn(model) -> float; bad entry {name!r}")
-    can_fast = supports_fast_path(models[0])
+    can_fast = _fits_fast_path(models[0], allow_noise=inject_noise is not None)
     if fast_path is None:
         use_fast = can_fast
     elif isinstance(fast_path, bool):
@@ -423,37 +654,119 @@ def train_ensemble(
     # one functional update on the whole row, whatever the number of tensors.
     flat = torch.cat([stacked[k].detach().reshape(count, -1) for k in names], dim=1)
     lr_column = torch.tensor(lrs, dtype=dtype, device=device).unsqueeze(1)
+    fast_penalty = penalty_kind == "explicit_regularizer" and use_fast
+    loop_penalty = penalty_kind is not None and not fast_penalty
+    weight_column = torch.tensor(weights, dtype=dtype, device=device)
     layers = _fast_layers(models[0]) if use_fast else None
+    # With noise or R the fast path also walks the noise sites.
+    site_layers = _fast_layers(models[0], include_sites=True) if use_fast and (noise_on or fast_penalty) else None
     skeleton = copy.deepcopy(models[0]).to("meta")
+    site_calls = _site_call_shapes(models[0], x) if noise_on and not use_fast else None
 
     def unflatten(rows: Tensor) -> dict[str, Tensor]:
         lead = rows.shape[:-1]
         return {k: rows[..., offsets[k] : offsets[k] + size].view(*lead, *shapes[k])
                 for k, size in zip(names, sizes)}
 
+    def draw_site(k: int, shape: tuple[int, ...]) -> Tensor:
+        """Site k's noise sigma_{m,k} z for every model, (M, *shape); row m from site_generators[m]."""
+        return _draw_rows(math.prod(shape), site_rows[k], site_generators, dtype, device).view(count, *shape)
+
+    def perturb_site(k: int, mode: str, h: Tensor) -> Tensor:
+        """The fast path's noise site: h is (M, B, d); draws in forward order, as GaussianNoise does."""
+        noise = draw_site(k, tuple(h.shape[1:]))
+        return h + noise if mode == "additive" else h * (1.0 + noise)
+
     def single_loss(row: Tensor, b: dict[str, Tensor], xb: Tensor, yb: Tensor) -> Tensor:
         out = functional_call(skeleton, (unflatten(row), b), (xb,))
         return _per_model_loss(loss, out, yb)
 
+    def single_noisy_loss(row: Tensor, b: dict[str, Tensor], noise: list[Tensor], xb: Tensor, yb: Tensor) -> Tensor:
+        def replace(k: int, h: Tensor) -> Tensor:
+            return h + noise[k] if site_modes[k] == "additive" else h * (1.0 + noise[k])
+
+        with replace_site_outputs(skeleton, replace):
+            out = functional_call(skeleton, (unflatten(row), b), (xb,))
+        return _per_model_loss(loss, out, yb)
+
+    def fast_regularizer(params: Mapping[str, Tensor], xs: Tensor) -> Tensor:
+        trace: list[tuple] = []
+        out = _fast_forward(site_layers, params, xs, trace=trace)
+        return _fast_regularizer(trace, out, loss, site_sigmas, active_sites)
+
+    def looped_penalty(rows: Tensor, xb: Tensor, shared: bool, with_grad: bool) -> tuple[Tensor, Tensor | None]:
+        """The fallback: the penalty (and its gradient) of each model in turn, (M,) and (M, P)."""
+        write_back(rows)
+        values, grads = [], []
+        for m, model in enumerate(models):
+            inputs = xb if shared else xb[m]
+            with torch.enable_grad():
+                value = (
+                    explicit_regularizer(model, inputs, loss=loss)
+                    if penalty_kind == "explicit_regularizer"
+                    else penalty(model, inputs)
+                )
+                if not isinstance(value, Tensor) or value.numel() != 1:
+                    raise TypeError(f"penalty must return a scalar tensor, got {type(value).__name__}")
+                value = value.reshape(())
+                if with_grad and value.requires_grad:
+                    parts = torch.autograd.grad(value, list(model.parameters()), allow_unused=True,
+                                                materialize_grads=True)
+                    grads.append(torch.cat([g.reshape(-1) for g in parts]))
+                elif with_grad:  # a constant (e.g. R with every sigma 0): no gradient
+                    grads.append(rows.new_zeros(rows.shape[1]))
+            values.append(value.detach())
+        return torch.stack(values), (torch.stack(grads) if with_grad else None)
+
     def loss_and_grads(rows: Tensor, xb: Tensor, yb: Tensor, shared: bool) -> tuple[Tensor, Tensor]:
+        """Per model: the objective L + lambda_m P at ``rows`` on the batch, and its gradient."""
         if use_fast:
             # One leaf per tensor (a gradient through slices of a single flat leaf
             # would allocate a zero (M, P) tensor per slice), then one cat.
             leaves = {k: v.detach().requires_grad_() for k, v in unflatten(rows.detach()).items()}
             with torch.enable_grad():
-                losses = _per_model_loss(loss, _fast_forward(layers, leaves, xb), yb)
-                grads = torch.autograd.grad(losses.sum(), list(leaves.values()))
-            return losses.detach(), torch.cat([g.reshape(count, -1) for g in grads], dim=1)
-        in_x = None if shared else 0
-        grads, losses = vmap(grad_and_value(single_loss), in_dims=(0, 0, in_x, in_x))(
-            rows, buffers, xb, yb
-        )
-        return losses, grads
+                if site_layers is None:
+                    objective = _per_model_loss(loss, _fast_forward(layers, leaves, xb), yb)
+                else:
+                    trace: list[tuple] | None = [] if fast_penalty and not noise_on else None
+                    out = _fast_forward(site_layers, leaves, xb, perturb_site if noise_on else None, trace)
+                    objective = _per_model_loss(loss, out, yb)
+                    if fast_penalty:  # R from the clean pass: shared with the loss when noise is off
+                        if noise_on:
+                            r = fast_regularizer(leaves, xb)
+                        else:
+                            r = _fast_regularizer(trace, out, loss, site_sigmas, active_sites)
+                        objective = objective + weight_column * r
+                grads = torch.autograd.grad(objective.sum(), list(leaves.values()))
+            objective, grads = objective.detach(), torch.cat([g.reshape(count, -1) for g in grads], dim=1)
+        else:
+            in_x = None if shared else 0
+            if noise_on:
+                batch = xb.shape[0] if shared else xb.shape[1]
+                noise = _draw_site_calls(site_calls, batch, draw_site, len(site_modes))
+                grads, objective = vmap(grad_and_value(single_noisy_loss), in_dims=(0, 0, 0, in_x, in_x))(
+                    rows, buffers, noise, xb, yb
+                )
+            else:
+                grads, objective = vmap(grad_and_value(single_loss), in_dims=(0, 0, in_x, in_x))(
+                    rows, buffers, xb, yb
+                )
+        if loop_penalty:
+            values, penalty_grads = looped_penalty(rows, xb, shared, with_grad=True)
+            objective = objective + weight_column * values
+            grads = grads + weight_column.unsqueeze(1) * penalty_grads
+        return objective, grads
 
     def outputs(rows: Tensor, xs: Tensor) -> Tensor:
         if use_fast:
             return _fast_forward(layers, unflatten(rows), xs)
         return vmap(lambda r, b: functional_call(skeleton, (unflatten(r), b), (xs,)))(rows, buffers)
+
+    def penalty_values(rows: Tensor) -> list[float]:
+        """The unweighted penalty of each model on the whole training set (recorded)."""
+        if fast_penalty:
+            return fast_regularizer(unflatten(rows), x).detach().tolist()
+        return looped_penalty(rows, x, True, with_grad=False)[0].tolist()
 
     def write_back(rows: Tensor) -> None:
         values = unflatten(rows)
@@ -473,10 +786,13 @@ def train_ensemble(
                 out_t = outputs(rows, x_test)
                 test_losses = _per_model_loss(loss, out_t, y_test).tolist()
                 test_acc = _per_model_accuracy(out_t, y_test).tolist() if loss == "ce" else None
+        penalties = penalty_values(rows) if penalty_kind is not None else None
         if extras:
             write_back(rows)
         for m, history in enumerate(histories):
             history.steps.append(step)
+            if penalties is not None:
+                history.penalty.append(penalties[m])
             history.train_loss.append(train_losses[m])
             if train_acc is not None:
                 history.train_accuracy.append(train_acc[m])

@@ -308,3 +308,268 @@ def test_infinite_gradient_with_a_finite_loss_is_refused():
     with pytest.raises(FloatingPointError, match=r"gradient is NaN or infinite for models \[1\] at step 1"):
         train_ensemble(models, x, y, steps=3, lr=0.1, progress=False)
     assert all(torch.equal(p, q) for p, q in zip(models[0].parameters(), before))
+
+
+# --- noise sites in the forward pass, and the explicit regulariser as a penalty ----------------
+
+from gni_lib.noise import GaussianNoise, noise_sites  # noqa: E402
+from gni_lib.regularisers import explicit_regularizer  # noqa: E402
+
+
+def _noisy_models(dtype, sigma, *, mode="additive", activation="tanh", count=M, widths=(3, 6, 5, 4)):
+    """MLPs with noise sites; ``sigma`` is one value or one per model (all sites alike)."""
+    sigmas = sigma if isinstance(sigma, (list, tuple)) else [sigma] * count
+    out = []
+    for m in range(count):
+        with torch.random.fork_rng():
+            torch.manual_seed(m)
+            out.append(MLP(list(widths), activation=activation, sigma=sigmas[m], mode=mode).to(dtype=dtype))
+    return out
+
+
+def _r_penalty(loss):
+    return lambda model, xb: explicit_regularizer(model, xb, loss=loss)
+
+
+def _sequential_noisy(models, x, y, *, site_seed, inject_noise, penalty, weights, lr, batch_seed=None,
+                      optimizer=None, **kwargs):
+    """The oracle: train() one model at a time, its sites drawing from a copy of site generator m."""
+    histories = []
+    for m, model in enumerate(models):
+        site_gen = torch.Generator().manual_seed(site_seed + m)
+        for site in noise_sites(model):
+            site.generator = site_gen
+        opt = torch.optim.SGD(model.parameters(), lr=lr) if optimizer is None else optimizer(m, model)
+        generator = None if batch_seed is None else torch.Generator().manual_seed(batch_seed)
+        histories.append(train(model, x, y, optimizer=opt, inject_noise=inject_noise, penalty=penalty,
+                               penalty_weight=weights[m], generator=generator, progress=False, **kwargs))
+    return histories
+
+
+NOISE_CASES = [
+    pytest.param(True, None, id="noise"),
+    pytest.param(False, "explicit_regularizer", id="R"),
+    pytest.param(True, "explicit_regularizer", id="noise+R"),
+]
+
+
+@pytest.mark.parametrize("mode", ["additive", "multiplicative"])
+@pytest.mark.parametrize("fast_path", [True, False], ids=["bmm", "vmap"])
+@pytest.mark.parametrize("inject_noise, penalty", NOISE_CASES)
+def test_noise_sites_and_explicit_regularizer_equal_sequential_training(inject_noise, penalty, fast_path, mode):
+    """Noise drawn per model and site from site_generators[m], R as the penalty with a weight
+    per model, a sigma per model (one of them 0), shared minibatches, cross-entropy, elu:
+    final weights and the whole history (with the recorded penalty) agree in float64."""
+    dtype = torch.float64
+    x, y = _classification(dtype)
+    sigmas, weights = [0.3, 0.0, 0.2], [0.5, 1.0, 2.0]
+    common = dict(steps=9, loss="ce", batch_size=8, x_test=x[:10], y_test=y[:10], record_every=4)
+    ours = _noisy_models(dtype, sigmas, mode=mode, activation="elu")
+    theirs = _noisy_models(dtype, sigmas, mode=mode, activation="elu")
+    result = train_ensemble(
+        ours, x, y, lr=0.2, inject_noise=inject_noise, site_generators=_gens(60) if inject_noise else None,
+        penalty=penalty, penalty_weight=weights, batch_generator=torch.Generator().manual_seed(5),
+        fast_path=fast_path, progress=False, **common,
+    )
+    assert result.fast_path is fast_path
+    histories = _sequential_noisy(theirs, x, y, site_seed=60, inject_noise=inject_noise,
+                                  penalty=_r_penalty("ce") if penalty else None, weights=weights, lr=0.2,
+                                  batch_seed=5, **common)
+    _assert_same(ours, result, theirs, histories, dtype)
+    assert (len(result.histories[0].penalty) == 4) is (penalty is not None)
+
+
+@pytest.mark.parametrize("fast_path", [True, False], ids=["bmm", "vmap"])
+def test_one_model_matches_train_step_for_step_mse_float32(fast_path):
+    """One model, MSE, relu, full batch, recorded at every step, in float32 (tolerance 1e-6)."""
+    dtype = torch.float32
+    x, y = _regression(dtype)
+    for inject_noise, penalty in ((True, None), (False, "explicit_regularizer")):
+        ours = _noisy_models(dtype, 0.2, activation="relu", count=1)
+        theirs = _noisy_models(dtype, 0.2, activation="relu", count=1)
+        common = dict(steps=6, loss="mse", record_every=1, x_test=x[:7], y_test=y[:7])
+        result = train_ensemble(ours, x, y, lr=0.05, inject_noise=inject_noise,
+                                site_generators=_gens(70, 1) if inject_noise else None, penalty=penalty,
+                                fast_path=fast_path, progress=False, **common)
+        histories = _sequential_noisy(theirs, x, y, site_seed=70, inject_noise=inject_noise,
+                                      penalty=_r_penalty("mse") if penalty else None, weights=[1.0],
+                                      lr=0.05, **common)
+        _assert_same(ours, result, theirs, histories, dtype)
+        assert result.histories[0].steps == list(range(7))
+
+
+def test_noise_sites_with_a_noisy_optimizer_and_per_model_batches():
+    """Site noise (site_generators) and Anti-PGD noise (generators) are separate streams."""
+    dtype = torch.float64
+    x, y = _regression(dtype)
+    ours, theirs = _noisy_models(dtype, 0.1), _noisy_models(dtype, 0.1)
+    common = dict(steps=8, loss="mse", batch_size=7, record_every=3)
+    result = train_ensemble(
+        ours, x, y, lr=0.1, method="anti_pgd", sigma=0.02, generators=_gens(80), inject_noise=True,
+        site_generators=_gens(90), penalty="explicit_regularizer", penalty_weight=0.5,
+        batch_generator=[torch.Generator().manual_seed(s) for s in (1, 2, 3)], progress=False, **common,
+    )
+    noise = _gens(80)
+    histories = []
+    for m, model in enumerate(theirs):
+        site_gen = torch.Generator().manual_seed(90 + m)
+        for site in noise_sites(model):
+            site.generator = site_gen
+        opt = AntiPGD(model.parameters(), 0.1, 0.02, generator=noise[m])
+        histories.append(train(model, x, y, optimizer=opt, penalty=_r_penalty("mse"), penalty_weight=0.5,
+                               generator=torch.Generator().manual_seed(1 + m), progress=False, **common))
+    _assert_same(ours, result, theirs, histories, dtype)
+
+
+def test_callable_penalty_loops_over_models():
+    """A callable penalty takes the documented loop fallback, also on the fast path."""
+    dtype = torch.float64
+    x, y = _regression(dtype)
+
+    def half_sq_norm(model, xb):
+        return 0.5 * sum(p.pow(2).sum() for p in model.parameters()) + 0.0 * xb.sum()
+
+    ours, theirs = _models(dtype), _models(dtype)
+    result = train_ensemble(ours, x, y, steps=5, lr=0.1, penalty=half_sq_norm, penalty_weight=[0.1, 0.0, 1.0],
+                            record_every=2, progress=False)
+    assert result.fast_path is True
+    histories = _sequential_noisy(theirs, x, y, site_seed=0, inject_noise=False, penalty=half_sq_norm,
+                                  weights=[0.1, 0.0, 1.0], lr=0.1, steps=5, record_every=2)
+    _assert_same(ours, result, theirs, histories, dtype)
+
+
+@pytest.mark.parametrize("loss", ["mse", "ce"])
+@pytest.mark.parametrize("mode", ["additive", "multiplicative"])
+@pytest.mark.parametrize("activation", ["tanh", "elu", "relu", "linear"])
+def test_vectorised_regulariser_equals_explicit_regularizer(loss, mode, activation):
+    """The recorded penalty at step 0 is R of each model, per-site sigmas differing by model."""
+    dtype = torch.float64
+    x, y = _classification(dtype) if loss == "ce" else _regression(dtype)
+    models = _noisy_models(dtype, [0.3, 0.1, 0.5], mode=mode, activation=activation)
+    set_sigmas = [[0.3, 0.0, 0.2], [0.1, 0.4, 0.0], [0.5, 0.5, 0.5]]
+    for model, sig in zip(models, set_sigmas):
+        for site, s in zip(noise_sites(model), sig):
+            site.sigma = s
+    expected = [float(explicit_regularizer(model, x, loss=loss).detach()) for model in models]
+    result = train_ensemble(models, x, y, steps=1, lr=1e-9, loss=loss, inject_noise=False,
+                            penalty="explicit_regularizer", progress=False)
+    got = [h.penalty[0] for h in result.histories]
+    assert got == pytest.approx(expected, rel=1e-12, abs=1e-15)
+    assert min(expected) > 0
+
+
+def test_noise_is_injected_and_zero_weight_penalty_changes_nothing():
+    dtype = torch.float64
+    x, y = _regression(dtype)
+    clean = train_ensemble(_noisy_models(dtype, 0.2), x, y, steps=5, lr=0.1, inject_noise=False, progress=False)
+    noisy = train_ensemble(_noisy_models(dtype, 0.2), x, y, steps=5, lr=0.1, inject_noise=True,
+                           site_generators=_gens(1), progress=False)
+    zero = train_ensemble(_noisy_models(dtype, 0.2), x, y, steps=5, lr=0.1, inject_noise=False,
+                          penalty="explicit_regularizer", penalty_weight=0.0, progress=False)
+    plain = train_ensemble(_models(dtype, widths=(3, 6, 5, 4)), x, y, steps=5, lr=0.1, progress=False)
+    for k in clean.params:
+        assert torch.equal(clean.params[k], plain.params[k])
+        torch.testing.assert_close(zero.params[k], plain.params[k], rtol=1e-13, atol=1e-13)
+    assert not torch.allclose(noisy.params["1.weight"], clean.params["1.weight"])
+    # sigma = 0 at every site: injection draws nothing and changes nothing.
+    silent = train_ensemble(_noisy_models(dtype, 0.0), x, y, steps=5, lr=0.1, inject_noise=True,
+                            site_generators=_gens(1), progress=False)
+    for k in clean.params:
+        assert torch.equal(silent.params[k], plain.params[k])
+
+
+class _TwiceNoisy(nn.Module):
+    """One noise site used twice: refused for injection on the vmap path."""
+
+    def __init__(self):
+        super().__init__()
+        self.site = GaussianNoise(0.1)
+        self.layer = nn.Linear(3, 3)
+        self.out = nn.Linear(3, 4)
+
+    def forward(self, x):
+        return self.out(self.site(self.layer(self.site(x))))
+
+
+def test_a_site_used_twice_is_refused_for_injection():
+    dtype = torch.float64
+    x, y = _regression(dtype)
+    models = []
+    for m in range(2):
+        torch.manual_seed(m)
+        models.append(_TwiceNoisy().double())
+    with pytest.raises(ValueError, match="called 2 times"):
+        train_ensemble(models, x, y, steps=1, lr=0.1, inject_noise=True, site_generators=_gens(0, 2),
+                       progress=False)
+
+
+def _noisy_call(**overrides):
+    dtype = torch.float64
+    x, y = _regression(dtype, n=10)
+    kwargs = dict(steps=2, lr=0.1, progress=False, models=_noisy_models(dtype, 0.1))
+    kwargs.update(overrides)
+    models = kwargs.pop("models")
+    return train_ensemble(models, x, y, **kwargs)
+
+
+@pytest.mark.parametrize(
+    "overrides, error, name",
+    [
+        (dict(inject_noise="yes"), TypeError, "inject_noise"),
+        (dict(inject_noise=None), ValueError, "noise site"),
+        (dict(inject_noise=True), ValueError, "site_generators"),
+        (dict(inject_noise=True, site_generators=_gens(0, 2)), ValueError, "site_generators"),
+        (dict(inject_noise=True, site_generators=[torch.Generator(), 1, 2]), TypeError, r"site_generators\[1\]"),
+        (dict(inject_noise=True, site_generators=torch.Generator()), TypeError, "site_generators"),
+        (dict(inject_noise=False, site_generators=_gens(0)), ValueError, "site_generators"),
+        (dict(inject_noise=False, penalty="l2"), ValueError, "penalty"),
+        (dict(inject_noise=False, penalty=3), TypeError, "penalty"),
+        (dict(inject_noise=False, penalty=lambda m, x: x), TypeError, "penalty"),
+        (dict(inject_noise=False, penalty="explicit_regularizer", penalty_weight=-1.0), ValueError,
+         "penalty_weight"),
+        (dict(inject_noise=False, penalty="explicit_regularizer", penalty_weight=[1.0, 2.0]), ValueError,
+         "penalty_weight"),
+        (dict(inject_noise=False, models=[MLP([3, 6, 5, 4]).double(),
+                                          MLP([3, 6, 5, 4], mode="multiplicative").double()]),
+         ValueError, r"models\[1\]"),
+        (dict(models=[nn.Sequential(nn.Linear(3, 4)).double()], penalty="explicit_regularizer"),
+         ValueError, "penalty"),
+    ],
+)
+def test_bad_noise_and_penalty_arguments(overrides, error, name):
+    with pytest.raises(error, match=name):
+        _noisy_call(**overrides)
+
+
+class _NoisyResidual(nn.Module):
+    """Not a Sequential, with two noise sites: injection goes through vmap and the site probe."""
+
+    def __init__(self, sigma):
+        super().__init__()
+        self.inner = nn.Linear(3, 5)
+        self.out = nn.Linear(5, 4)
+        self.skip = nn.Linear(3, 4)
+        self.site_in = GaussianNoise(sigma)
+        self.site_hidden = GaussianNoise(sigma, mode="multiplicative")
+
+    def forward(self, x):
+        x = self.site_in(x)
+        return self.out(self.site_hidden(torch.tanh(self.inner(x)))) + self.skip(x)
+
+
+def test_generic_module_with_noise_sites_and_r_goes_through_vmap():
+    dtype = torch.float64
+    x, y = _regression(dtype)
+    ours, theirs = [], []
+    for m in range(M):
+        torch.manual_seed(m)
+        ours.append(_NoisyResidual([0.2, 0.0, 0.3][m]).double())
+        theirs.append(copy.deepcopy(ours[-1]))
+    common = dict(steps=6, loss="mse", batch_size=9, record_every=2)
+    result = train_ensemble(ours, x, y, lr=0.1, inject_noise=True, site_generators=_gens(110),
+                            penalty="explicit_regularizer", penalty_weight=0.3,
+                            batch_generator=torch.Generator().manual_seed(6), progress=False, **common)
+    assert result.fast_path is False
+    histories = _sequential_noisy(theirs, x, y, site_seed=110, inject_noise=True, penalty=_r_penalty("mse"),
+                                  weights=[0.3] * M, lr=0.1, batch_seed=6, **common)
+    _assert_same(ours, result, theirs, histories, dtype)
