@@ -102,3 +102,24 @@ def test_watched_paths_must_exist(tmp_path: Path) -> None:
         sys.path.pop(0)
     with pytest.raises(FileNotFoundError, match="no_such_folder"):
         gni_build.library_key(tmp_path, ["no_such_folder"])
+
+
+def test_glued_numpy_scalars_can_be_formatted() -> None:
+    """NumPy 2 stores a glued np.float64 as 'np.float64(0.25)'; {glue:text}`key:.2f` must still work."""
+    sys.path.insert(0, str(REPO / "book" / "_ext"))
+    try:
+        import gni_build
+    finally:
+        sys.path.pop(0)
+    import myst_nb.core.variables as variables
+    import myst_nb.ext.glue.crossref as crossref
+    import myst_nb.ext.glue.roles as roles
+
+    assert gni_build.numpy_scalar_text("np.float64(0.25)") == "0.25"
+    assert gni_build.numpy_scalar_text("np.int64(-3)") == "-3"
+    assert gni_build.numpy_scalar_text("'np.float64 is a type'") == "'np.float64 is a type'"
+    gni_build._read_numpy_scalars()
+    for module in (variables, roles, crossref):
+        assert module.format_plain_text("np.float64(0.25)", ".3f") == "0.250"
+        assert module.format_plain_text("np.float32(2.5e-05)", ".1e") == "2.5e-05"
+        assert module.format_plain_text("'plain text'", "s") == "plain text"

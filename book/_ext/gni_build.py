@@ -8,11 +8,14 @@ This extension hashes the files named in the ``gni_cache_watch`` config value
 (paths relative to the book root; folders are walked). When the hash differs
 from the one stored beside the execution cache, the cache is deleted and every
 document is re-read, so every chapter is executed again.
+
+It also lets ``{glue:text}`` format glued NumPy scalars (see :func:`numpy_scalar_text`).
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
 import shutil
 from pathlib import Path
 
@@ -81,7 +84,40 @@ def _reread_everything(
     return []
 
 
+_NUMPY_SCALAR = re.compile(r"^np\.(?:float|int|uint|complex|bool)\w*\((.*)\)$", re.S)
+
+
+def numpy_scalar_text(text: str) -> str:
+    """``'np.float64(0.25)'`` -> ``'0.25'``: the plain value inside NumPy 2's scalar repr.
+
+    A glued NumPy scalar is stored as its repr, which NumPy 2 writes as
+    ``np.float64(0.25)``; myst-nb's ``{glue:text}`key:.3f` `` cannot read that as a
+    number and fails the build. Any other text is returned unchanged.
+    """
+    match = _NUMPY_SCALAR.match(text.strip())
+    return match.group(1) if match else text
+
+
+def _read_numpy_scalars() -> None:
+    """Let ``{glue:text}`` format glued NumPy scalars, as it formats Python floats."""
+    import myst_nb.core.variables as variables
+    import myst_nb.ext.glue.crossref as crossref
+    import myst_nb.ext.glue.roles as roles
+
+    original = variables.format_plain_text
+    if getattr(original, "gni_numpy_scalars", False):
+        return
+
+    def format_plain_text(text: str, fmt_spec: str) -> str:
+        return original(numpy_scalar_text(text), fmt_spec)
+
+    format_plain_text.gni_numpy_scalars = True  # type: ignore[attr-defined]
+    for module in (variables, roles, crossref):
+        module.format_plain_text = format_plain_text
+
+
 def setup(app: Sphinx) -> dict:
+    _read_numpy_scalars()
     app.add_config_value("gni_cache_watch", [], "env")
     # After myst-nb's own builder-inited handler has resolved the cache path.
     app.connect("builder-inited", _invalidate_stale_cache, priority=900)
