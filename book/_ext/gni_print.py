@@ -97,6 +97,7 @@ def print_chapters(html: Path, out: Path, toc_path: Path) -> list[Path]:
             f"chromium not found at {CHROMIUM}: install it with `apt-get install -y chromium`, "
             "or point GNI_CHROMIUM at a chromium binary"
         )
+    html, out = html.resolve(), out.resolve()
     pages = chapter_pages(toc_path)
     if not pages:
         raise SystemExit(f"{toc_path} names no chapter (NN-slug) pages")
