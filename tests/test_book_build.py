@@ -28,6 +28,9 @@ def _write_book(root: Path, cells: list[str]) -> None:
     sphinx = config["sphinx"]
     sphinx["local_extensions"] = {"gni_build": str(REPO / "book" / "_ext")}
     sphinx["config"]["gni_cache_watch"] = ["mylib.py"]
+    # Only gni_build is loaded here, so the other local extensions' settings must go too.
+    for key in [k for k in sphinx["config"] if k.startswith("gni_") and k != "gni_cache_watch"]:
+        sphinx["config"].pop(key)
     sphinx["config"].pop("html_extra_path", None)
     sphinx["config"].pop("mathjax_path", None)
     sphinx["config"].pop("bibtex_reference_style", None)

@@ -39,7 +39,7 @@ CONSOLE_ALLOWLIST = (
 )
 
 #: Pages that legitimately carry no mathematics.
-PAGES_WITHOUT_MATH = {"book/bibliography", "book/status", "book/running"}
+PAGES_WITHOUT_MATH = {"book/bibliography", "book/status", "book/running", "book/ledger"}
 
 
 def toc_pages() -> list[str]:
