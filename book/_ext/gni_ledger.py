@@ -79,18 +79,35 @@ def load_registry(path: str | Path) -> list[dict[str, str]]:
     return entries
 
 
+_HEADING = re.compile(r"^(#{2,4}) +(.+?) *$", re.M)
+
+
+def checking_section(source_text: str, claim_id: str) -> str | None:
+    """The title of the (sub)section that holds the claim's target, or None if there is no target."""
+    target = f"({target_label(claim_id)})="
+    position = source_text.find(target)
+    if position < 0:
+        return None
+    headings = [m.group(2) for m in _HEADING.finditer(source_text, 0, position)]
+    return headings[-1] if headings else None
+
+
 def ledger_rows(entries: list[dict[str, str]], root: Path, ledger_doc: str) -> list[str]:
-    """The ledger as a MyST ``list-table``, one row a claim."""
+    """The ledger as a MyST ``list-table``, one row a claim.
+
+    Four columns, so that the table fits the page: the claim (id, linked to its
+    asserting cell, with the paper and the place in it), the statement (with the
+    note), the status (with the chapter that checks it), and the measured result.
+    """
     lines = [
         "```{list-table}",
         ":header-rows: 1",
-        ":widths: 14 12 26 14 10 24",
+        ":widths: 24 36 16 24",
+        ":width: 100%",
         ":class: gni-ledger",
         "",
         "* - Claim",
-        "  - Paper",
         "  - Statement",
-        "  - Checked in",
         "  - Status",
         "  - Measured",
     ]
@@ -107,20 +124,19 @@ def ledger_rows(entries: list[dict[str, str]], root: Path, ledger_doc: str) -> l
         else:
             link = f"{{ref}}`{claim_id} <{target_label(claim_id)}>`"
             checked = f"{{doc}}`/{chapter}`"
+            section = checking_section(source.read_text(encoding="utf-8"), claim_id)
+            if section:
+                checked += f", section “{section.replace('`', '')}”"
             relative = os.path.relpath(f"{chapter}.md", ledger_dir or ".")
             measured = f"{{glue:text}}`{relative}::{glue_key(claim_id)}:s`"
         statement = entry["statement"]
         if entry.get("note"):
             statement += f" *({entry['note']})*"
-        lines.append(f"* - {link}")
-        for text in (
-            f"{{cite:t}}`{entry['paper']}`, {entry['where']}",
-            statement,
-            checked,
-            f"**{status}**" if status != "pending" else "pending",
-            measured,
-        ):
-            lines.append(f"  - {text}")
+        shown_status = f"**{status}**" if status != "pending" else "pending"
+        lines += [f"* - {link}", "", f"    {{cite:t}}`{entry['paper']}`, {entry['where']}"]
+        lines.append(f"  - {statement}")
+        lines += [f"  - {shown_status}", "", f"    in {checked}"]
+        lines.append(f"  - {measured}")
     lines.append("```")
     return lines
 
