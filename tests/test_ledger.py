@@ -268,3 +268,9 @@ def test_the_anchor_sits_on_the_asserting_cell() -> None:
         assert "cell_input" in after and f"claim: {entry['id']}" in after.replace("</span>", "").replace(
             '<span class="c1">', ""
         ), f"the anchor {label} is not followed by the cell tagged {entry['id']}"
+
+
+def test_checking_section_is_the_heading_above_the_target() -> None:
+    text = "# Title\n\n## Derivation\n\ntext\n\n### The lasso\n\n(claim-paper-claim)=\n\ncell\n\n## Later\n"
+    assert gni_ledger.checking_section(text, "paper.claim") == "The lasso"
+    assert gni_ledger.checking_section(text, "paper.other") is None
