@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from scipy import stats as _scipy_stats
 
-__all__ = ["mean_and_se", "t_interval", "loglog_slope"]
+__all__ = ["mean_and_se", "t_interval", "interval_sign", "loglog_slope"]
 
 
 def _as_vector(values: object, name: str, minimum: int) -> np.ndarray:
@@ -94,6 +94,32 @@ def t_interval(
     mean, se = mean_and_se(values)
     half = float(_scipy_stats.t.ppf(0.5 + level / 2, n - 1)) * se
     return mean - half, mean + half
+
+
+def interval_sign(low: float, high: float) -> int:
+    r"""Which side of zero an interval :math:`[\text{low}, \text{high}]` lies on.
+
+    Returns ``1`` if :math:`\text{low} > 0`, ``-1`` if :math:`\text{high} < 0`, and ``0``
+    if the interval contains 0 (the data do not resolve the sign). The chapters turn
+    this into the words of each verdict, so that a verdict in the prose is computed,
+    never typed in.
+
+    Raises:
+        TypeError: if ``low`` or ``high`` is not a real number.
+        ValueError: if either is not finite, or ``low > high``.
+    """
+    values = []
+    for name, value in (("low", low), ("high", high)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+        value = float(value)
+        if not math.isfinite(value):
+            raise ValueError(f"{name} must be finite, got {value!r}")
+        values.append(value)
+    low, high = values
+    if low > high:
+        raise ValueError(f"low must not exceed high, got low={low!r} > high={high!r}")
+    return 1 if low > 0 else -1 if high < 0 else 0
 
 
 def loglog_slope(

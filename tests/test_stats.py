@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats as scipy_stats
 
-from gni_lib.stats import loglog_slope, mean_and_se, t_interval
+from gni_lib.stats import interval_sign, loglog_slope, mean_and_se, t_interval
 
 
 def test_mean_and_se_by_hand() -> None:
@@ -79,3 +79,21 @@ def test_errors_name_the_argument() -> None:
         loglog_slope([1.0, 2.0], [0.0, 2.0])
     with pytest.raises(ValueError, match="shape"):
         loglog_slope([1.0, 2.0, 3.0], [1.0, 2.0])
+
+
+def test_interval_sign_by_hand() -> None:
+    assert interval_sign(0.1, 0.3) == 1
+    assert interval_sign(-0.3, -0.1) == -1
+    assert interval_sign(-0.1, 0.2) == 0
+    assert interval_sign(0.0, 0.2) == 0  # touching zero does not resolve the sign
+    assert interval_sign(np.float64(0.5), np.float64(0.5)) == 1
+
+
+@pytest.mark.parametrize(
+    ("low", "high", "error", "name"),
+    [(1.0, 0.0, ValueError, "low"), (float("nan"), 1.0, ValueError, "low"),
+     (0.0, float("inf"), ValueError, "high"), ("0", 1.0, TypeError, "low"), (0.0, True, TypeError, "high")],
+)
+def test_interval_sign_rejects_bad_input(low, high, error, name) -> None:
+    with pytest.raises(error, match=name):
+        interval_sign(low, high)
