@@ -6,6 +6,11 @@
 #   make book-student   the same book with every solution removed, into _build/student
 #   make pdf            one PDF per chapter, printed by headless chromium, into _build/pdf
 #   make bench          ratio benchmarks (benchmarks/RESULTS.md)
+#   make robustness     every chapter under five random streams: failing cells and verdicts
+#                       per stream (benchmarks/ROBUSTNESS.md); not part of make test
+# GNI_SEED selects the random stream of every chapter (default 0). make test builds
+# the book at stream 0 and runs the chapters again under nbval at NBVAL_SEED, so
+# that every test run checks two streams.
 #   make clean
 
 PYTHON    ?= python3
@@ -17,11 +22,14 @@ MATHJAX_VERSION := 3.2.2
 MATHJAX   := book/_vendor/mathjax
 JB_FLAGS  := -W -n --keep-going
 PYTEST_FLAGS ?= --durations=10
+BOOK_SEED ?= 0
+NBVAL_SEED ?= 1
+ROBUSTNESS_STREAMS ?= 0 1 2 3 4
 
 STUDENT   := _build/student
 PDF       := _build/pdf
 
-.PHONY: setup book book-student pdf test bench clean
+.PHONY: setup book book-student pdf test bench robustness clean
 
 setup: $(INSTALLED) $(MATHJAX)/tex-mml-chtml.js
 
@@ -45,20 +53,26 @@ $(MATHJAX)/tex-mml-chtml.js:
 # Execution results are cached per chapter; book/_ext/gni_build.py throws the
 # cache away whenever gni_lib/, requirements.txt or pyproject.toml change.
 book: setup
-	$(BIN)/jupyter-book build . $(JB_FLAGS)
+	GNI_SEED=$${GNI_SEED:-$(BOOK_SEED)} $(BIN)/jupyter-book build . $(JB_FLAGS)
 
 # The student edition shares the execution cache, so it re-executes nothing.
 book-student: book
-	GNI_EDITION=student $(BIN)/jupyter-book build . --path-output $(STUDENT) $(JB_FLAGS)
+	GNI_SEED=$${GNI_SEED:-$(BOOK_SEED)} GNI_EDITION=student $(BIN)/jupyter-book build . --path-output $(STUDENT) $(JB_FLAGS)
 
 pdf: book
 	$(PY) book/_ext/gni_print.py --html _build/html --out $(PDF)
 
+# The library and book tests run with the random stream unset (unit tests keep their
+# fixed seeds); the chapters then run under nbval at another stream than the build's.
 test: book book-student pdf
-	$(PY) -m pytest tests book --nbval-lax --nbval-current-env $(PYTEST_FLAGS)
+	env -u GNI_SEED $(PY) -m pytest tests $(PYTEST_FLAGS)
+	GNI_SEED=$(NBVAL_SEED) $(PY) -m pytest book --nbval-lax --nbval-current-env $(PYTEST_FLAGS)
 
 bench: setup
 	$(PY) benchmarks/run.py
+
+robustness: setup
+	$(PY) benchmarks/robustness.py --streams $(ROBUSTNESS_STREAMS)
 
 clean:
 	rm -rf _build

@@ -24,6 +24,7 @@ Small modules, one concept each, readable next to the equations they implement:
 * :mod:`gni_lib.perturbation`: models and variance of gradients at a perturbed point (Orvieto et al., 2023);
 * :mod:`gni_lib.proximal`: reference solvers: lasso-type proximal steps, group lasso, nuclear-norm regression;
 * :mod:`gni_lib.stats`: standard errors, intervals over seeds and log-log slopes for the asserts;
+* :mod:`gni_lib.verdicts`: the verdict on an empirical claim, computed from an interval, and its glue for the ledger;
 * :mod:`gni_lib.data`: generated problems and scikit-learn's bundled sets; nothing is downloaded.
 
 See ``book/notation.md`` for the notation.
@@ -66,10 +67,11 @@ from .penalties import (
 from .proximal import group_lasso, nuclear_norm_regression, singular_value_threshold, soft_threshold
 from .regularisers import explicit_regularizer, second_order_term
 from .scale import by_scale, get_scale
-from .seeding import make_generator, spawn_generators
+from .seeding import get_stream, make_generator, spawn_generators, stream_seed
 from .spectral import fourier_spectrum, sobolev_seminorm_fourier, spectral_derivative
 from .stats import loglog_slope, mean_and_se, t_interval
 from .train import History
+from .verdicts import VERDICTS, Judgement, judge, record_claim, verdict
 
 __version__ = "0.1.0"
 
@@ -79,6 +81,13 @@ __all__ = [
     "by_scale",
     "make_generator",
     "spawn_generators",
+    "get_stream",
+    "stream_seed",
+    "VERDICTS",
+    "Judgement",
+    "verdict",
+    "judge",
+    "record_claim",
     "GaussianNoise",
     "noise_sites",
     "set_noise",

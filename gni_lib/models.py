@@ -57,6 +57,7 @@ def MLP(
     bias: bool = True,
     mode: str = "additive",
     generator: torch.Generator | None = None,
+    seed: int | None = None,
 ) -> nn.Sequential:
     r"""Return a multilayer perceptron with a Gaussian noise site before every layer.
 
@@ -74,11 +75,12 @@ def MLP(
     in ``eval()`` mode every site is the identity and the model is the clean
     network.
 
-    Parameters get PyTorch's default initialisation, drawn from the global
-    generator: seed it with ``torch.manual_seed(seed)`` before the call, or build
-    the model inside ``with torch.random.fork_rng(): torch.manual_seed(seed); ...``
-    to leave the global stream untouched. The model is built on the CPU in
-    float32; move it with ``.to(device, dtype)``.
+    Parameters get PyTorch's default initialisation. With ``seed`` given they are
+    drawn from a CPU stream seeded with it, and torch's global generator is left
+    untouched, so the same seed gives the same initial weights on every device;
+    without it they come from the global generator. A chapter passes its seeds
+    through :func:`gni_lib.seeding.stream_seed`, so that ``GNI_SEED`` moves them.
+    The model is built on the CPU in float32; move it with ``.to(device, dtype)``.
 
     Args:
         widths: :math:`[d_0, \dots, d_L]`, at least two positive ints;
@@ -90,6 +92,8 @@ def MLP(
         mode: ``"additive"`` or ``"multiplicative"``, for every site.
         generator: shared by all sites; the sites draw from it in forward order.
             ``None`` uses torch's global generator.
+        seed: a non-negative int that fixes the initial weights, or ``None``
+            (the global generator's next draws).
 
     Shapes:
         input :math:`(B, d_0)`, output :math:`(B, d_L)`.
@@ -101,7 +105,7 @@ def MLP(
         ValueError: if ``widths`` is not a sequence of at least two positive ints,
             ``activation`` or ``mode`` is unknown, a :math:`\sigma_k` is negative or
             not finite, or a ``sigma`` sequence does not have :math:`L` entries.
-        TypeError: if ``sigma``, ``bias`` or ``generator`` has the wrong type.
+        TypeError: if ``sigma``, ``bias``, ``generator`` or ``seed`` has the wrong type.
     """
     widths = _check_widths(widths)
     if not isinstance(activation, str) or activation not in ACTIVATIONS:
@@ -112,6 +116,15 @@ def MLP(
         raise TypeError(f"bias must be a bool, got {type(bias).__name__}")
     n_layers = len(widths) - 1
     sigmas = sigma_list(sigma, n_layers)
+
+    if seed is not None:
+        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+            raise TypeError(f"seed must be a non-negative int or None, got {type(seed).__name__}")
+        if seed < 0:
+            raise ValueError(f"seed must be a non-negative int or None, got {seed}")
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(seed))
+            return MLP(widths, activation, sigma, bias, mode, generator)
 
     children: list[nn.Module] = []
     for k in range(n_layers):

@@ -4,18 +4,37 @@ The library keeps no global random state: every function that draws noise takes
 a ``generator`` argument. These helpers make such generators from integer seeds,
 on the right device, and split one seed into many independent streams (one per
 training run, say) without the streams overlapping.
+
+**The reader's random stream.** ``GNI_SEED`` (default 0) selects the random
+stream of every chapter. A chapter writes its seeds as fixed numbers and passes
+each through :func:`stream_seed`; stream 0 leaves them as written, any other
+stream maps every one of them to an unrelated seed. The same seed gives the same
+numbers on the same machine; another CPU, a GPU (CUDA generators draw other
+numbers from the same seed) or another stream gives other numbers, and the
+book's verdicts must not change with them (``make robustness`` checks this).
 """
 
 from __future__ import annotations
 
 import hashlib
 import numbers
+import os
 
 import torch
 
 from .device import get_device
 
-__all__ = ["make_generator", "spawn_generators", "check_generator"]
+__all__ = [
+    "make_generator",
+    "spawn_generators",
+    "check_generator",
+    "get_stream",
+    "stream_seed",
+    "SEED_ENV_VAR",
+]
+
+#: Environment variable that selects the random stream of every chapter.
+SEED_ENV_VAR = "GNI_SEED"
 
 def _check_seed(seed: object, name: str = "seed") -> int:
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
@@ -23,6 +42,45 @@ def _check_seed(seed: object, name: str = "seed") -> int:
     if seed < 0:
         raise ValueError(f"{name} must be a non-negative int, got {seed}")
     return int(seed)
+
+
+def get_stream() -> int:
+    """Return the random stream selected by ``GNI_SEED``: a non-negative int, 0 when unset.
+
+    Raises:
+        ValueError: if ``GNI_SEED`` is set to anything but a non-negative integer.
+    """
+    value = os.environ.get(SEED_ENV_VAR, "").strip()
+    if not value:
+        return 0
+    if not value.isdigit():
+        raise ValueError(f"{SEED_ENV_VAR} must be a non-negative integer, got {value!r}")
+    return int(value)
+
+
+def stream_seed(seed: int, stream: int | None = None) -> int:
+    r"""Return the seed that ``seed`` stands for in random stream ``stream``.
+
+    Stream 0 is the identity, so the book built with ``GNI_SEED`` unset draws the
+    numbers written in it. Any other stream :math:`s` maps seed :math:`n` to the
+    first 63 bits of :math:`\operatorname{SHA\text{-}256}(\texttt{"gni_lib.stream:s:n"})`:
+    distinct seeds stay distinct (up to a hash collision, probability about
+    :math:`2^{-63}` per pair) and are unrelated to the seeds of stream 0.
+
+    Args:
+        seed: the seed as the chapter writes it, a non-negative int.
+        stream: the stream; ``None`` reads it from ``GNI_SEED`` (:func:`get_stream`).
+
+    Raises:
+        TypeError: if ``seed`` or ``stream`` is not an integer.
+        ValueError: if either is negative, or ``GNI_SEED`` is malformed.
+    """
+    seed = _check_seed(seed)
+    stream = get_stream() if stream is None else _check_seed(stream, "stream")
+    if stream == 0:
+        return seed
+    digest = hashlib.sha256(f"gni_lib.stream:{stream}:{seed}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
 
 
 def make_generator(seed: int, device: torch.device | str | None = None) -> torch.Generator:

@@ -29,7 +29,7 @@ def _write_book(root: Path, cells: list[str]) -> None:
     sphinx["local_extensions"] = {"gni_build": str(REPO / "book" / "_ext")}
     sphinx["config"]["gni_cache_watch"] = ["mylib.py"]
     # Only gni_build is loaded here, so the other local extensions' settings must go too.
-    for key in [k for k in sphinx["config"] if k.startswith("gni_") and k != "gni_cache_watch"]:
+    for key in [k for k in sphinx["config"] if k.startswith("gni_") and k not in ("gni_cache_watch", "gni_cache_env")]:
         sphinx["config"].pop(key)
     sphinx["config"].pop("html_extra_path", None)
     sphinx["config"].pop("mathjax_path", None)
@@ -95,6 +95,22 @@ def test_a_library_change_re_executes_every_chapter(tmp_path: Path) -> None:
     second_run, second_value = run_and_value()
     assert second_value == "second-value"
     assert second_run != first_run
+
+
+def test_the_random_stream_is_part_of_the_cache_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    sys.path.insert(0, str(REPO / "book" / "_ext"))
+    try:
+        import gni_build
+    finally:
+        sys.path.pop(0)
+    (tmp_path / "mylib.py").write_text("VALUE = 1\n")
+    monkeypatch.delenv("GNI_SEED", raising=False)
+    unset = gni_build.library_key(tmp_path, ["mylib.py"], ["GNI_SEED"])
+    assert gni_build.library_key(tmp_path, ["mylib.py"], ["GNI_SEED"]) == unset
+    monkeypatch.setenv("GNI_SEED", "3")
+    moved = gni_build.library_key(tmp_path, ["mylib.py"], ["GNI_SEED"])
+    assert moved != unset
+    assert gni_build.library_key(tmp_path, ["mylib.py"]) == gni_build.library_key(tmp_path, ["mylib.py"], [])
 
 
 def test_watched_paths_must_exist(tmp_path: Path) -> None:

@@ -29,6 +29,10 @@ _TAG = re.compile(r"^# claim: (\S+)\s*$")
 _ASSERT = re.compile(r"^\s*assert\b", re.MULTILINE)
 _TARGET = re.compile(r"^\(([A-Za-z0-9_.:-]+)\)=\s*$", re.MULTILINE)
 _GLUE = re.compile(r"""glue\(\s*["']([A-Za-z0-9_]+)["']""")
+# gni_lib.record_claim("paper.claim", verdict, measured) glues verdict_ and ledger_ keys.
+_RECORD = re.compile(r"""record_claim\(\s*["']([a-z0-9_]+\.[a-z0-9_]+)["']""")
+# A tagged cell checks its claim by an assert or by computing a verdict.
+_CHECK = re.compile(r"^\s*assert\b|\b(?:judge|verdict|record_claim)\(", re.MULTILINE)
 
 
 @dataclass
@@ -56,6 +60,8 @@ def parse_chapter(name: str, text: str) -> Chapter:
         if cell.cell_type != "code":
             continue
         chapter.glue_keys |= set(_GLUE.findall(cell.source))
+        for claim_id in _RECORD.findall(cell.source):
+            chapter.glue_keys |= {gni_ledger.glue_key(claim_id), gni_ledger.verdict_key(claim_id)}
         first = cell.source.splitlines()[0] if cell.source else ""
         match = _TAG.match(first)
         if match:
@@ -82,25 +88,22 @@ def ledger_problems(entries: list[dict[str, str]], chapters: dict[str, Chapter])
                 )
     for claim_id, entry in registered.items():
         chapter = chapters.get(entry["chapter"])
-        status = entry["status"]
-        if status == "pending":
-            if chapter is not None and claim_id in chapter.tagged:
-                problems.append(f"{claim_id} is checked in {chapter.name} but still marked pending")
-            continue
         if chapter is None:
-            problems.append(f"{claim_id} is marked {status!r} but {entry['chapter']}.md does not exist")
+            problems.append(f"{claim_id} is checked in {entry['chapter']}.md, which does not exist")
             continue
         cells = chapter.tagged.get(claim_id, [])
         if not cells:
-            problems.append(f"{claim_id} is marked {status!r} but no cell of {chapter.name} is tagged with it")
+            problems.append(f"{claim_id} is registered but no cell of {chapter.name} is tagged with it")
             continue
-        if not any(_ASSERT.search(source) for source in cells):
-            problems.append(f"{claim_id} is marked {status!r} but none of its tagged cells asserts anything")
+        if not any(_CHECK.search(source) for source in cells):
+            problems.append(f"{claim_id}: none of its tagged cells asserts anything or computes a verdict")
         label = gni_ledger.target_label(claim_id)
         if not chapter.targets_before.get(label, False):
             problems.append(f"{chapter.name}: put the target ({label})= just before the first cell tagged {claim_id}")
         if gni_ledger.glue_key(claim_id) not in chapter.glue_keys:
             problems.append(f"{chapter.name} never glues {gni_ledger.glue_key(claim_id)!r}, the ledger's measured result")
+        if gni_ledger.verdict_key(claim_id) not in chapter.glue_keys:
+            problems.append(f"{chapter.name} never glues {gni_ledger.verdict_key(claim_id)!r}, the claim's computed verdict")
     return problems
 
 
@@ -142,7 +145,6 @@ _ENTRY = {
     "where": "eq. 1",
     "statement": "something",
     "chapter": "book/99-test",
-    "status": "holds",
 }
 _HEADER = "---\nkernelspec:\n  name: python3\n  display_name: Python 3\n---\n\n"
 
@@ -157,7 +159,7 @@ def _cell(source: str) -> str:
 
 GOOD = (
     "(claim-paper-claim)=",
-    _cell("# claim: paper.claim\nx = 1\nassert x == 1\nglue('ledger_paper_claim', 'x = 1', display=False)"),
+    _cell("# claim: paper.claim\nx = 1\nassert x == 1\ngni_lib.record_claim('paper.claim', 'holds', 'x = 1')"),
 )
 
 
@@ -170,12 +172,21 @@ def test_an_unregistered_tag_fails() -> None:
     assert any("does not list" in p for p in ledger_problems([dict(_ENTRY)], {"book/99-test": chapter}))
 
 
-def test_a_claim_that_holds_without_an_assert_fails() -> None:
+def test_a_claim_without_an_assert_or_a_verdict_fails() -> None:
     chapter = _chapter(
-        "(claim-paper-claim)=", _cell("# claim: paper.claim\nx = 1\nglue('ledger_paper_claim', 'x', display=False)")
+        "(claim-paper-claim)=",
+        _cell("# claim: paper.claim\nx = 1\nglue('ledger_paper_claim', 'x', display=False)\nglue('verdict_paper_claim', 'holds', display=False)"),
     )
     problems = ledger_problems([dict(_ENTRY)], {"book/99-test": chapter})
-    assert any("asserts anything" in p for p in problems)
+    assert any("asserts anything or computes a verdict" in p for p in problems)
+
+
+def test_a_computed_verdict_counts_as_a_check() -> None:
+    chapter = _chapter(
+        "(claim-paper-claim)=",
+        _cell("# claim: paper.claim\nj = gni_lib.judge(values, claim=(0, 1))\ngni_lib.record_claim('paper.claim', j.verdict, 'x')"),
+    )
+    assert ledger_problems([dict(_ENTRY)], {"book/99-test": chapter}) == []
 
 
 def test_a_registered_claim_without_a_cell_fails() -> None:
@@ -190,30 +201,30 @@ def test_a_missing_target_or_glue_key_fails() -> None:
     no_target = _chapter(GOOD[1])
     assert any("put the target" in p for p in ledger_problems([dict(_ENTRY)], {"book/99-test": no_target}))
     no_glue = _chapter(GOOD[0], _cell("# claim: paper.claim\nassert True"))
-    assert any("never glues" in p for p in ledger_problems([dict(_ENTRY)], {"book/99-test": no_glue}))
+    assert any("never glues 'ledger_" in p for p in ledger_problems([dict(_ENTRY)], {"book/99-test": no_glue}))
 
 
-def test_a_checked_claim_still_marked_pending_fails() -> None:
-    entry = dict(_ENTRY, status="pending")
-    assert any("still marked pending" in p for p in ledger_problems([entry], {"book/99-test": _chapter(*GOOD)}))
-    assert ledger_problems([entry], {}) == []  # pending, chapter not written: fine
+def test_a_claim_without_a_glued_verdict_fails() -> None:
+    chapter = _chapter(GOOD[0], _cell("# claim: paper.claim\nassert True\nglue('ledger_paper_claim', 'x', display=False)"))
+    problems = ledger_problems([dict(_ENTRY)], {"book/99-test": chapter})
+    assert any("never glues 'verdict_paper_claim'" in p for p in problems)
 
 
 def test_a_tag_in_the_wrong_chapter_fails() -> None:
-    entry = dict(_ENTRY, chapter="book/98-elsewhere", status="pending")
+    entry = dict(_ENTRY, chapter="book/98-elsewhere")
     assert any("assigns to" in p for p in ledger_problems([entry], {"book/99-test": _chapter(*GOOD)}))
 
 
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("- {id: a.b, paper: p, where: w, statement: s, chapter: c}\n", "status"),
-        ("- {id: a.b, paper: p, where: w, statement: s, chapter: c, status: maybe}\n", "maybe"),
-        ("- {id: NoDot, paper: p, where: w, statement: s, chapter: c, status: holds}\n", "NoDot"),
-        ("- {id: a.b, paper: p, where: w, statement: s, chapter: c, status: holds, extra: 1}\n", "extra"),
+        ("- {id: a.b, paper: p, where: w, statement: s}\n", "chapter"),
+        ("- {id: a.b, paper: p, where: w, statement: s, chapter: c, status: holds}\n", "status"),
+        ("- {id: NoDot, paper: p, where: w, statement: s, chapter: c}\n", "NoDot"),
+        ("- {id: a.b, paper: p, where: w, statement: s, chapter: c, extra: 1}\n", "extra"),
         (
-            "- {id: a.b, paper: p, where: w, statement: s, chapter: c, status: holds}\n"
-            "- {id: a.b, paper: p, where: w, statement: s, chapter: c, status: holds}\n",
+            "- {id: a.b, paper: p, where: w, statement: s, chapter: c}\n"
+            "- {id: a.b, paper: p, where: w, statement: s, chapter: c}\n",
             "twice",
         ),
         ("{}\n", "list"),
@@ -242,8 +253,6 @@ def test_every_checked_claim_links_to_its_cell_and_shows_a_measurement() -> None
     for entry in entries:
         claim_id = entry["id"]
         assert claim_id in ledger, f"{claim_id} is missing from the rendered ledger"
-        if entry["status"] == "pending":
-            continue
         label = gni_ledger.target_label(claim_id)
         page = entry["chapter"].rsplit("/", 1)[-1]
         href = f'href="{page}.html#{label}"'
@@ -252,16 +261,16 @@ def test_every_checked_claim_links_to_its_cell_and_shows_a_measurement() -> None
         assert f'id="{label}"' in chapter_html, f"{page}.html has no anchor {label}"
         row = ledger[ledger.index(href) :]
         row = row[: row.index("</tr>")]
-        measured = re.findall(r'<span class="pasted-text">([^<]+)</span>', row)
-        assert measured and measured[0].strip(), f"the ledger row of {claim_id} shows no measured result"
+        pasted = [text.strip() for text in re.findall(r'<span class="pasted-text">([^<]+)</span>', row)]
+        assert len(pasted) == 2, f"the ledger row of {claim_id} should paste a verdict and a measurement: {pasted}"
+        assert pasted[0] in gni_ledger.STATUSES, f"the ledger row of {claim_id} shows no computed verdict: {pasted[0]!r}"
+        assert pasted[1], f"the ledger row of {claim_id} shows no measured result"
 
 
 def test_the_anchor_sits_on_the_asserting_cell() -> None:
     """The target is followed directly by the tagged code cell in the rendered chapter."""
     entries = gni_ledger.load_registry(BOOK / "claims.yml")
     for entry in entries:
-        if entry["status"] == "pending":
-            continue
         html = _rendered(entry["chapter"])
         label = gni_ledger.target_label(entry["id"])
         after = html[html.index(f'id="{label}"') :][:4000]

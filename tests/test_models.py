@@ -161,3 +161,25 @@ def test_bad_bias():
 def test_bad_generator():
     with pytest.raises(TypeError, match="generator"):
         MLP([2, 3, 1], generator=0)
+
+
+def test_seed_fixes_the_initial_weights_and_leaves_the_global_stream() -> None:
+    from gni_lib.models import MLP
+
+    torch.manual_seed(123)
+    expected_next = torch.rand(3)
+    torch.manual_seed(123)
+    a = MLP([3, 5, 2], seed=9)
+    assert torch.equal(torch.rand(3), expected_next)  # the global generator was not advanced
+    b = MLP([3, 5, 2], seed=9)
+    c = MLP([3, 5, 2], seed=10)
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+    assert not torch.equal(a[1].weight, c[1].weight)
+
+
+@pytest.mark.parametrize(("bad", "error"), [(-1, ValueError), (1.5, TypeError), (True, TypeError)])
+def test_bad_seed_names_the_argument(bad: object, error: type) -> None:
+    from gni_lib.models import MLP
+
+    with pytest.raises(error, match="seed"):
+        MLP([3, 5, 2], seed=bad)  # type: ignore[arg-type]

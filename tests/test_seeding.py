@@ -81,3 +81,41 @@ def test_cuda_generator() -> None:
     assert g.device.type == "cuda"
     x = torch.randn(4, device="cuda", generator=g)
     assert x.device.type == "cuda"
+
+
+def test_stream_zero_keeps_the_written_seed(monkeypatch: pytest.MonkeyPatch) -> None:
+    from gni_lib.seeding import stream_seed
+
+    monkeypatch.delenv("GNI_SEED", raising=False)
+    assert [stream_seed(n) for n in (0, 1, 404)] == [0, 1, 404]
+    assert stream_seed(7, 0) == 7
+
+
+def test_other_streams_move_every_seed_and_keep_them_distinct(monkeypatch: pytest.MonkeyPatch) -> None:
+    from gni_lib.seeding import get_stream, stream_seed
+
+    monkeypatch.setenv("GNI_SEED", "3")
+    assert get_stream() == 3
+    moved = [stream_seed(n) for n in range(1000)]
+    assert len(set(moved)) == 1000 and not set(moved) & set(range(1000))
+    assert moved[5] == stream_seed(5, 3) != stream_seed(5, 4)
+    assert all(0 <= m < 2**63 for m in moved)
+    make_generator(moved[0], "cpu")  # a valid seed for a generator
+
+
+@pytest.mark.parametrize("bad", ["-1", "x", "1.5"])
+def test_malformed_stream_names_the_variable(monkeypatch: pytest.MonkeyPatch, bad: str) -> None:
+    from gni_lib.seeding import get_stream
+
+    monkeypatch.setenv("GNI_SEED", bad)
+    with pytest.raises(ValueError, match="GNI_SEED"):
+        get_stream()
+
+
+def test_stream_seed_bad_arguments() -> None:
+    from gni_lib.seeding import stream_seed
+
+    with pytest.raises(ValueError, match="seed"):
+        stream_seed(-1, 1)
+    with pytest.raises(TypeError, match="stream"):
+        stream_seed(1, 1.5)  # type: ignore[arg-type]

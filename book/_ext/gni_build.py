@@ -5,7 +5,10 @@ A change to ``gni_lib`` (or to the pinned requirements) leaves every code cell
 unchanged, so the cache would happily serve outputs computed by the old library.
 
 This extension hashes the files named in the ``gni_cache_watch`` config value
-(paths relative to the book root; folders are walked). When the hash differs
+(paths relative to the book root; folders are walked), together with the values of
+the environment variables named in ``gni_cache_env`` (``GNI_SEED``, ``GNI_SCALE``,
+``GNI_DEVICE``: a build at another random stream, preset or device must not serve
+the outputs of the last one). When the hash differs
 from the one stored beside the execution cache, the cache is deleted and every
 document is re-read, so every chapter is executed again.
 
@@ -15,6 +18,7 @@ It also lets ``{glue:text}`` format glued NumPy scalars (see :func:`numpy_scalar
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import shutil
 from pathlib import Path
@@ -46,9 +50,12 @@ def watched_files(root: Path, watch: list[str]) -> list[Path]:
     return sorted(set(files))
 
 
-def library_key(root: Path, watch: list[str]) -> str:
-    """SHA-256 over the relative names and contents of the watched files."""
+def library_key(root: Path, watch: list[str], env: list[str] | None = None) -> str:
+    """SHA-256 over the relative names and contents of the watched files and the named variables' values."""
     digest = hashlib.sha256()
+    for name in env or []:
+        digest.update(f"{name}={os.environ.get(name, '')}".encode())
+        digest.update(b"\0")
     for path in watched_files(root, watch):
         digest.update(str(path.relative_to(root.resolve())).encode())
         digest.update(b"\0")
@@ -64,13 +71,16 @@ def _invalidate_stale_cache(app: Sphinx) -> None:
         return
     cache = Path(app.env.mystnb_config.execution_cache_path)
     stamp = cache.with_name(cache.name + ".library-key")
-    key = library_key(Path(app.confdir), watch)
+    key = library_key(Path(app.confdir), watch, list(app.config.gni_cache_env or []))
     previous = stamp.read_text().strip() if stamp.exists() else None
     if previous == key:
         return
     if cache.exists():
         shutil.rmtree(cache)
-    logger.info("gni_build: %s changed; re-executing every chapter", ", ".join(watch))
+    logger.info(
+        "gni_build: %s changed; re-executing every chapter",
+        ", ".join(watch + list(app.config.gni_cache_env or [])),
+    )
     stamp.parent.mkdir(parents=True, exist_ok=True)
     stamp.write_text(key + "\n")
     app.gni_cache_reset = True  # type: ignore[attr-defined]
@@ -119,6 +129,7 @@ def _read_numpy_scalars() -> None:
 def setup(app: Sphinx) -> dict:
     _read_numpy_scalars()
     app.add_config_value("gni_cache_watch", [], "env")
+    app.add_config_value("gni_cache_env", [], "env")
     # After myst-nb's own builder-inited handler has resolved the cache path.
     app.connect("builder-inited", _invalidate_stale_cache, priority=900)
     app.connect("env-get-outdated", _reread_everything)

@@ -3,8 +3,10 @@
 The registry lists every claim of the four papers that the book checks (see the
 comment at the top of ``book/claims.yml`` for its fields). The ``{claims-ledger}``
 directive turns it into a table: one row a claim, with a link to the target
-``(claim-<id>)=`` that sits just before the chapter cell asserting it, and the
-measured result that the chapter glued under ``ledger_<id>`` when it executed.
+``(claim-<id>)=`` that sits just before the chapter cell checking it, the verdict
+that the chapter computed and glued under ``verdict_<id>`` when it executed, and
+the measured result it glued under ``ledger_<id>``. The registry types no status:
+a verdict is computed (``gni_lib.verdicts``), never written down.
 
 The glued numbers live in the chapters, so the ledger page must be written again
 whenever a chapter is; ``env-get-outdated`` marks it outdated on every build (it is
@@ -16,6 +18,7 @@ The registry loader and the naming rules are plain functions, imported by
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections import Counter
@@ -29,9 +32,9 @@ from sphinx.application import Sphinx
 from sphinx.errors import ExtensionError
 from sphinx.util.docutils import SphinxDirective
 
-#: The statuses a claim can have, in the order the ledger counts them.
-STATUSES = ("holds", "holds approximately", "did not reproduce", "pending")
-REQUIRED = ("id", "paper", "where", "statement", "chapter", "status")
+#: The verdicts a claim can have, in the order the ledger counts them (gni_lib.verdicts.VERDICTS).
+STATUSES = ("holds", "holds approximately", "did not reproduce", "inconclusive")
+REQUIRED = ("id", "paper", "where", "statement", "chapter")
 OPTIONAL = ("note",)
 _ID = re.compile(r"^[a-z][a-z0-9]*\.[a-z][a-z0-9_]*$")
 
@@ -46,6 +49,11 @@ def glue_key(claim_id: str) -> str:
     return "ledger_" + claim_id.replace(".", "_")
 
 
+def verdict_key(claim_id: str) -> str:
+    """The glue key under which a chapter stores the computed verdict for ``claim_id``."""
+    return "verdict_" + claim_id.replace(".", "_")
+
+
 def load_registry(path: str | Path) -> list[dict[str, str]]:
     """Read and validate the registry; raise ``ValueError`` naming the entry and field."""
     path = Path(path)
@@ -58,6 +66,11 @@ def load_registry(path: str | Path) -> list[dict[str, str]]:
         where = f"{path}: entry {index}"
         if not isinstance(entry, dict):
             raise ValueError(f"{where}: expected a mapping, got {type(entry).__name__}")
+        if "status" in entry:
+            raise ValueError(
+                f"{where} ({entry.get('id', '?')}): remove field 'status': a claim's verdict is "
+                "computed by its chapter and glued as verdict_<id>, never typed in the registry"
+            )
         unknown = set(entry) - set(REQUIRED) - set(OPTIONAL)
         if unknown:
             raise ValueError(f"{where}: unknown field(s) {sorted(unknown)}")
@@ -71,8 +84,6 @@ def load_registry(path: str | Path) -> list[dict[str, str]]:
         if claim_id in seen:
             raise ValueError(f"{where}: id {claim_id!r} appears twice")
         seen.add(claim_id)
-        if entry["status"] not in STATUSES:
-            raise ValueError(f"{where} ({claim_id}): status {entry['status']!r} is not one of {STATUSES}")
         if "note" in entry and not isinstance(entry["note"], str):
             raise ValueError(f"{where} ({claim_id}): field 'note' must be a string")
         entries.append({key: str(value) for key, value in entry.items()})
@@ -97,7 +108,7 @@ def ledger_rows(entries: list[dict[str, str]], root: Path, ledger_doc: str) -> l
 
     Four columns, so that the table fits the page: the claim (id, linked to its
     asserting cell, with the paper and the place in it), the statement (with the
-    note), the status (with the chapter that checks it), and the measured result.
+    note), the computed verdict (with the chapter that checks it), and the measured result.
     """
     lines = [
         "```{list-table}",
@@ -108,31 +119,26 @@ def ledger_rows(entries: list[dict[str, str]], root: Path, ledger_doc: str) -> l
         "",
         "* - Claim",
         "  - Statement",
-        "  - Status",
+        "  - Verdict",
         "  - Measured",
     ]
     ledger_dir = os.path.dirname(ledger_doc)
     for entry in entries:
-        claim_id, chapter, status = entry["id"], entry["chapter"], entry["status"]
+        claim_id, chapter = entry["id"], entry["chapter"]
         source = root / f"{chapter}.md"
-        if status != "pending" and not source.exists():
-            raise ExtensionError(f"claims ledger: {claim_id} is {status!r} but {chapter}.md does not exist")
-        if status == "pending":
-            link = f"`{claim_id}`"
-            checked = f"{chapter.rsplit('/', 1)[-1]} (not written yet)"
-            measured = "pending"
-        else:
-            link = f"{{ref}}`{claim_id} <{target_label(claim_id)}>`"
-            checked = f"{{doc}}`/{chapter}`"
-            section = checking_section(source.read_text(encoding="utf-8"), claim_id)
-            if section:
-                checked += f", section “{section.replace('`', '')}”"
-            relative = os.path.relpath(f"{chapter}.md", ledger_dir or ".")
-            measured = f"{{glue:text}}`{relative}::{glue_key(claim_id)}:s`"
+        if not source.exists():
+            raise ExtensionError(f"claims ledger: {claim_id} is checked in {chapter}.md, which does not exist")
+        link = f"{{ref}}`{claim_id} <{target_label(claim_id)}>`"
+        checked = f"{{doc}}`/{chapter}`"
+        section = checking_section(source.read_text(encoding="utf-8"), claim_id)
+        if section:
+            checked += f", section “{section.replace('`', '')}”"
+        relative = os.path.relpath(f"{chapter}.md", ledger_dir or ".")
+        measured = f"{{glue:text}}`{relative}::{glue_key(claim_id)}:s`"
+        shown_status = f"{{glue:text}}`{relative}::{verdict_key(claim_id)}:s`"
         statement = entry["statement"]
         if entry.get("note"):
             statement += f" *({entry['note']})*"
-        shown_status = f"**{status}**" if status != "pending" else "pending"
         lines += [f"* - {link}", "", f"    {{cite:t}}`{entry['paper']}`, {entry['where']}"]
         lines.append(f"  - {statement}")
         lines += [f"  - {shown_status}", "", f"    in {checked}"]
@@ -141,10 +147,28 @@ def ledger_rows(entries: list[dict[str, str]], root: Path, ledger_doc: str) -> l
     return lines
 
 
-def summary_line(entries: list[dict[str, str]]) -> str:
-    counts = Counter(entry["status"] for entry in entries)
+def read_verdicts(glue_folder: Path, entries: list[dict[str, str]]) -> dict[str, str | None]:
+    """The verdict each chapter glued when it executed, read from myst-nb's glue caches (None if absent)."""
+    verdicts: dict[str, str | None] = {}
+    for entry in entries:
+        path = glue_folder / f"{entry['chapter']}.glue.json"
+        value = None
+        if path.exists():
+            data = json.loads(path.read_text(encoding="utf-8"))
+            text = data.get(verdict_key(entry["id"]), {}).get("data", {}).get("text/plain")
+            if isinstance(text, str):
+                value = text.strip().strip("'\"")
+        verdicts[entry["id"]] = value
+    return verdicts
+
+
+def summary_line(entries: list[dict[str, str]], verdicts: dict[str, str | None] | None = None) -> str:
+    """"31 claims: 16 holds, ...", counted from the computed verdicts (only the total while any is missing)."""
+    if not verdicts or any(verdicts.get(entry["id"]) not in STATUSES for entry in entries):
+        return f"{len(entries)} claims, each with the verdict its chapter computed when it executed."
+    counts = Counter(verdicts[entry["id"]] for entry in entries)
     parts = [f"{counts[status]} {status}" for status in STATUSES if counts[status]]
-    return f"{len(entries)} claims: " + ", ".join(parts) + "."
+    return f"{len(entries)} claims, verdicts as computed by the chapters in this build: " + ", ".join(parts) + "."
 
 
 class ClaimsLedgerDirective(SphinxDirective):
@@ -161,7 +185,9 @@ class ClaimsLedgerDirective(SphinxDirective):
             entries = load_registry(registry)
         except ValueError as error:
             raise self.error(str(error)) from error
-        lines = [summary_line(entries), ""] + ledger_rows(entries, root, self.env.docname)
+        glue_folder = Path(self.env.mystnb_config.output_folder)
+        lines = [summary_line(entries, read_verdicts(glue_folder, entries)), ""]
+        lines += ledger_rows(entries, root, self.env.docname)
         container = nodes.container(classes=["gni-claims-ledger"])
         self.state.nested_parse(StringList(lines, source=str(registry)), self.content_offset, container)
         return [container]

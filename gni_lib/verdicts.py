@@ -1,0 +1,189 @@
+r"""Verdicts on empirical claims, computed from an interval (``DESIGN.md`` section 5a).
+
+An identity is asserted; a claim about training is *judged*. The chapter fixes in
+advance a statistic, the region of its values that the paper's claim asserts
+(``claim``), and optionally a wider region in which the claim holds in direction
+but not in size (``approx``). An interval for the statistic, over enough seeds,
+then gives exactly one of four verdicts:
+
+=======================  ==========================================================
+``holds``                the interval lies inside ``claim``
+``holds approximately``  it lies inside ``approx`` but not inside ``claim``
+``did not reproduce``    it is disjoint from ``claim`` (and not inside ``approx``)
+``inconclusive``         anything else: it is too wide to say
+=======================  ==========================================================
+
+The verdict depends on where the whole interval lies, never on the point estimate
+alone, so a wide interval says "inconclusive" rather than guessing. A verdict is
+the same in every random stream only if the interval is far from every boundary
+of ``claim`` and ``approx`` compared with its width; ``make robustness`` checks
+that it is.
+
+:func:`record_claim` glues a claim's verdict and its measured summary under the
+keys the claims ledger reads.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .stats import mean_and_se, t_interval
+
+__all__ = ["VERDICTS", "Judgement", "verdict", "judge", "record_claim", "verdict_key", "ledger_key"]
+
+#: The four verdicts, in the order the ledger counts them.
+VERDICTS = ("holds", "holds approximately", "did not reproduce", "inconclusive")
+
+Region = tuple[float, float]
+
+
+def _check_region(region: object, name: str) -> Region:
+    if not isinstance(region, (tuple, list)) or len(region) != 2:
+        raise TypeError(f"{name} must be a pair (low, high) of real numbers, got {region!r}")
+    bounds = []
+    for value in region:
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or math.isnan(value):
+            raise TypeError(f"{name} must be a pair (low, high) of real numbers, got {region!r}")
+        bounds.append(float(value))
+    if bounds[0] >= bounds[1]:
+        raise ValueError(f"{name} must have low < high, got {region!r}")
+    return bounds[0], bounds[1]
+
+
+def _check_interval(low: object, high: object) -> Region:
+    values = []
+    for name, value in (("low", low), ("high", high)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+        value = float(value)
+        if not math.isfinite(value):
+            raise ValueError(f"{name} must be finite, got {value!r}")
+        values.append(value)
+    if values[0] > values[1]:
+        raise ValueError(f"low must not exceed high, got low={values[0]!r} > high={values[1]!r}")
+    return values[0], values[1]
+
+
+def verdict(low: float, high: float, *, claim: Region, approx: Region | None = None) -> str:
+    r"""The verdict on a claim whose statistic has the interval :math:`[\text{low}, \text{high}]`.
+
+    Args:
+        low, high: the interval, finite, ``low <= high``.
+        claim: ``(a, b)``, the values the claim asserts, :math:`a < b`; either end
+            may be infinite (``(0, math.inf)``: "the effect is positive").
+        approx: ``(a', b')`` containing ``claim``: the values for which the claim
+            holds in direction but not in size, or ``None`` if the claim has no
+            weaker reading.
+
+    Returns:
+        one of :data:`VERDICTS`.
+
+    Raises:
+        TypeError: if an argument is not of the form above.
+        ValueError: if the interval is not finite or reversed, a region is empty,
+            or ``approx`` does not contain ``claim``.
+    """
+    low, high = _check_interval(low, high)
+    a, b = _check_region(claim, "claim")
+    if approx is not None:
+        a2, b2 = _check_region(approx, "approx")
+        if a2 > a or b2 < b:
+            raise ValueError(f"approx must contain claim, got approx={approx!r}, claim={claim!r}")
+    if a < low and high < b:
+        return VERDICTS[0]
+    if approx is not None and a2 < low and high < b2:
+        return VERDICTS[1]
+    if high <= a or low >= b:
+        return VERDICTS[2]
+    return VERDICTS[3]
+
+
+@dataclass(frozen=True)
+class Judgement:
+    """A statistic over seeds, its interval and the verdict drawn from it."""
+
+    mean: float
+    se: float
+    low: float
+    high: float
+    n: int
+    level: float
+    verdict: str
+
+    def interval_text(self, fmt: str = ".3g") -> str:
+        """``"0.12 [0.05, 0.19] (95% t-interval, 20 seeds)"``."""
+        return (
+            f"{self.mean:{fmt}} [{self.low:{fmt}}, {self.high:{fmt}}] "
+            f"({100 * self.level:g}% t-interval, {self.n} seeds)"
+        )
+
+
+def judge(
+    values: Sequence[float] | torch.Tensor | np.ndarray,
+    *,
+    claim: Region,
+    approx: Region | None = None,
+    level: float = 0.95,
+) -> Judgement:
+    r"""Judge a claim from per-seed values of its statistic, by their Student-:math:`t` interval.
+
+    Args:
+        values: :math:`n \ge 2` independent per-seed values of the statistic, shape ``(n,)``.
+        claim, approx: as in :func:`verdict`.
+        level: the interval's confidence level, in :math:`(0, 1)`.
+
+    Raises:
+        TypeError, ValueError: as :func:`gni_lib.stats.t_interval` and :func:`verdict`.
+    """
+    if isinstance(values, torch.Tensor):
+        values = values.detach().cpu().double().reshape(-1).numpy()
+    low, high = t_interval(values, level)
+    mean, se = mean_and_se(values)
+    n = int(np.asarray(values).size)
+    return Judgement(mean, se, low, high, n, level, verdict(low, high, claim=claim, approx=approx))
+
+
+def verdict_key(claim_id: str) -> str:
+    """The glue key of a claim's verdict: ``verdict_`` and the id with dots as underscores."""
+    _check_claim_id(claim_id)
+    return "verdict_" + claim_id.replace(".", "_")
+
+
+def ledger_key(claim_id: str) -> str:
+    """The glue key of a claim's measured summary: ``ledger_`` and the id with dots as underscores."""
+    _check_claim_id(claim_id)
+    return "ledger_" + claim_id.replace(".", "_")
+
+
+def _check_claim_id(claim_id: object) -> None:
+    if not isinstance(claim_id, str) or "." not in claim_id or " " in claim_id:
+        raise ValueError(f"claim_id must look like 'paper.claim', got {claim_id!r}")
+
+
+def record_claim(claim_id: str, verdict_text: str, measured: str) -> None:
+    """Glue a claim's verdict and its one-line measured summary for the claims ledger.
+
+    Stores ``verdict_text`` under :func:`verdict_key` and ``measured`` under
+    :func:`ledger_key`, with myst-nb's ``glue`` (nothing is displayed). Call it
+    once per claim, in the chapter that checks the claim.
+
+    Raises:
+        ValueError: if ``claim_id`` is malformed or ``verdict_text`` is not one of
+            :data:`VERDICTS`.
+        TypeError: if ``measured`` is not a non-empty string.
+    """
+    _check_claim_id(claim_id)
+    if verdict_text not in VERDICTS:
+        raise ValueError(f"verdict_text must be one of {VERDICTS}, got {verdict_text!r}")
+    if not isinstance(measured, str) or not measured.strip():
+        raise TypeError(f"measured must be a non-empty string, got {measured!r}")
+    from myst_nb import glue  # imported here: gni_lib needs myst-nb only inside a chapter
+
+    glue(verdict_key(claim_id), verdict_text, display=False)
+    glue(ledger_key(claim_id), measured, display=False)
