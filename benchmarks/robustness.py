@@ -141,7 +141,7 @@ def _commit() -> str:
         return "unknown"
 
 
-def write_table(streams: list[int]) -> str:
+def write_table(streams: list[int], jobs: int) -> str:
     results = [json.loads(p.read_text()) for p in sorted(CACHE.glob("*.json"))]
     current = {p.stem: source_key(p) for p in chapters(None)}
     results = [r for r in results if r["chapter"] in current and r["stream"] in streams]
@@ -157,7 +157,8 @@ def write_table(streams: list[int]) -> str:
         "## Failing cells per chapter and stream",
         "",
         "Each entry: failing cells, and the chapter's execution time in seconds (kernel start",
-        "included; two chapters ran at once on the machine's cores, so times are upper bounds).",
+        f"included; {jobs} chapter(s) ran at once on {os.cpu_count()} cores"
+        + (", so times are upper bounds)." if jobs > 1 else ")."),
         "*stale*: the run was of an older chapter or library than the current one.",
         "",
         "| chapter | " + " | ".join(f"stream {s}" for s in streams) + " |",
@@ -222,7 +223,7 @@ def main() -> int:
             os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 2) // args.jobs)))
         with ProcessPoolExecutor(max_workers=args.jobs) as pool:
             list(pool.map(_job, jobs))
-    text = write_table(args.streams)
+    text = write_table(args.streams, args.jobs)
     print(text)
     return 0
 

@@ -283,3 +283,24 @@ def test_checking_section_is_the_heading_above_the_target() -> None:
     text = "# Title\n\n## Derivation\n\ntext\n\n### The lasso\n\n(claim-paper-claim)=\n\ncell\n\n## Later\n"
     assert gni_ledger.checking_section(text, "paper.claim") == "The lasso"
     assert gni_ledger.checking_section(text, "paper.other") is None
+
+
+def test_summary_counts_the_glued_verdicts(tmp_path: Path) -> None:
+    entries = [dict(_ENTRY), dict(_ENTRY, id="paper.other")]
+    folder = tmp_path / "book"
+    folder.mkdir()
+    glue = {
+        "verdict_paper_claim": {"data": {"text/plain": "'holds'"}},
+        "verdict_paper_other": {"data": {"text/plain": "'did not reproduce'"}},
+    }
+    (folder / "99-test.glue.json").write_text(__import__("json").dumps(glue))
+    verdicts = gni_ledger.read_verdicts(tmp_path, entries)
+    assert verdicts == {"paper.claim": "holds", "paper.other": "did not reproduce"}
+    line = gni_ledger.summary_line(entries, verdicts)
+    assert line.endswith("1 holds, 1 did not reproduce.")
+    # A verdict that is missing (or not one of the four) gives no counts at all, not wrong ones.
+    del glue["verdict_paper_other"]
+    (folder / "99-test.glue.json").write_text(__import__("json").dumps(glue))
+    verdicts = gni_ledger.read_verdicts(tmp_path, entries)
+    assert verdicts["paper.other"] is None
+    assert "holds" not in gni_ledger.summary_line(entries, verdicts)
