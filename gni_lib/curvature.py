@@ -59,6 +59,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .gap import per_example_loss
+from .losses import ce_hessian_root
 from .jacobians import (
     check_calls,
     check_input,
@@ -116,8 +117,7 @@ def _output_derivatives(output: Tensor, y: Tensor, loss: str) -> tuple[Tensor, T
     else:
         p = torch.softmax(output, dim=1)
         grad = (p - F.one_hot(y, d_out).to(output.dtype)) / batch
-        sqrt_p = p.sqrt()
-        root = torch.diag_embed(sqrt_p) - p.unsqueeze(2) * sqrt_p.unsqueeze(1)
+        root = ce_hessian_root(output).transpose(1, 2)
     return grad, root / math.sqrt(batch)
 
 

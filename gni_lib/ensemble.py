@@ -52,7 +52,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad_and_value, stack_module_state, vmap
 from tqdm import tqdm
 
-from .losses import get_loss
+from .losses import ce_hessian_root, get_loss
 from .noise import GaussianNoise, noise_sites, replace_site_outputs
 from .regularisers import explicit_regularizer
 from .optim import _check_sigma, _draw_rows, anti_pgd_update, gd_update, perturb, pgd_update
@@ -235,9 +235,7 @@ def _fast_regularizer(
         eye = torch.eye(d_out, dtype=output.dtype, device=output.device)
         g = eye.expand(count, batch, d_out, d_out)
     else:
-        p = torch.softmax(output, dim=-1)
-        root = p.sqrt()
-        g = torch.diag_embed(root) - root.unsqueeze(-1) * p.unsqueeze(-2)
+        g = ce_hessian_root(output)
     rows = g.shape[2]
     active = [i for i, entry in enumerate(trace) if entry[0] == "site" and entry[1] in active_sites]
     total = output.new_zeros(count)

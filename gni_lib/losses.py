@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["mse_loss", "ce_loss", "get_loss", "LOSSES"]
+__all__ = ["mse_loss", "ce_loss", "get_loss", "LOSSES", "ce_hessian_root", "ce_hessian_diag_root"]
 
 
 def _check_tensor(value: object, name: str) -> Tensor:
@@ -128,3 +128,69 @@ def get_loss(name: str) -> Callable[[Tensor, Tensor], Tensor]:
     if not isinstance(name, str) or name not in LOSSES:
         raise ValueError(f"loss must be one of {tuple(LOSSES)}, got {name!r}")
     return LOSSES[name]
+
+
+def _check_logits_any_batch(logits: object) -> Tensor:
+    logits = _check_tensor(logits, "logits")
+    if logits.ndim < 1 or not logits.is_floating_point():
+        raise ValueError(
+            f"logits must be a floating tensor of shape (..., C), got dtype {logits.dtype} "
+            f"and shape {tuple(logits.shape)}"
+        )
+    return logits
+
+
+def ce_hessian_root(logits: Tensor) -> Tensor:
+    r"""A square root :math:`C` of the cross-entropy output Hessian, :math:`C^\top C = H_L`.
+
+    .. math::
+
+        C = \operatorname{diag}(r) - r p^\top, \qquad r = \sqrt p
+          = \exp\bigl(\tfrac12 \log\operatorname{softmax}(\hat y)\bigr),
+
+    so row :math:`j` of :math:`C` is :math:`\sqrt{p_j}(e_j - p)` and
+    :math:`C^\top C = \operatorname{diag}(p) - 2pp^\top + p\,(r^\top r)\,p^\top
+    = \operatorname{diag}(p) - pp^\top` because :math:`r^\top r = \sum_j p_j = 1`
+    (Camuto et al. 2020, eq. 13). :math:`r` is taken from the log-softmax, not as
+    ``softmax(...).sqrt()``: the square root has an infinite derivative at 0, so
+    once a probability underflows to 0 (a saturated softmax) the latter gives NaN
+    gradients, while :math:`\partial r = \tfrac12 r\, \partial \log p` stays finite.
+
+    Shapes:
+        ``logits`` :math:`(\dots, C)`; returns :math:`(\dots, C, C)`.
+
+    Raises:
+        TypeError: if ``logits`` is not a tensor.
+        ValueError: if it is not floating point or has no class axis.
+    """
+    logits = _check_logits_any_batch(logits)
+    log_p = torch.log_softmax(logits, dim=-1)
+    p, r = log_p.exp(), (0.5 * log_p).exp()
+    return torch.diag_embed(r) - r.unsqueeze(-1) * p.unsqueeze(-2)
+
+
+def ce_hessian_diag_root(logits: Tensor) -> Tensor:
+    r""":math:`\sqrt{p(1-p)}`, the square root of the diagonal of :math:`H_L` (Camuto et al. 2020, eq. 14).
+
+    Computed as :math:`\exp\bigl(\tfrac12(\log p_i + \log(1 - p_i))\bigr)` with
+    :math:`\log(1 - p_i) = \operatorname{logsumexp}_{j \ne i} \hat y_j -
+    \operatorname{logsumexp}_j \hat y_j`, so that its gradient stays finite when
+    :math:`p_i` rounds to 0 or to 1.
+
+    Shapes:
+        ``logits`` :math:`(\dots, C)` with :math:`C \ge 2`; returns :math:`(\dots, C)`.
+
+    Raises:
+        TypeError: if ``logits`` is not a tensor.
+        ValueError: if it is not floating point or has fewer than two classes.
+    """
+    logits = _check_logits_any_batch(logits)
+    classes = logits.shape[-1]
+    if classes < 2:
+        raise ValueError(f"logits must have at least 2 classes on the last axis, got {classes}")
+    log_p = torch.log_softmax(logits, dim=-1)
+    others = logits.unsqueeze(-2).expand(*logits.shape, classes)  # (..., i, j) = logit j
+    eye = torch.eye(classes, dtype=torch.bool, device=logits.device)
+    masked = others.masked_fill(eye, float("-inf"))
+    log_one_minus_p = torch.logsumexp(masked, dim=-1) - torch.logsumexp(logits, dim=-1, keepdim=True)
+    return (0.5 * (log_p + log_one_minus_p)).exp()

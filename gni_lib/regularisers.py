@@ -48,7 +48,7 @@ from .jacobians import (
     clean_pass,
     perturbed_pass,
 )
-from .losses import get_loss
+from .losses import ce_hessian_diag_root, ce_hessian_root, get_loss
 from .seeding import check_generator
 
 __all__ = ["explicit_regularizer", "second_order_term", "REGULARIZER_METHODS"]
@@ -98,16 +98,14 @@ def _cotangents(
         v = (2 * signs - 1).to(output.dtype) / math.sqrt(probes)
         if loss == "mse":
             return v
-        p = torch.softmax(output, dim=1).unsqueeze(1)  # (B, 1, d_L)
-        root = p.sqrt()
+        log_p = torch.log_softmax(output, dim=1).unsqueeze(1)  # (B, 1, d_L)
+        p, root = log_p.exp(), (0.5 * log_p).exp()  # sqrt(p) with a finite gradient at p = 0
         return root * v - p * (root * v).sum(dim=2, keepdim=True)  # (S v)^T
     if loss == "mse":
         return None  # the identity, which the products treat specially
-    p = torch.softmax(output, dim=1)
     if method == "diag":
-        return torch.diag_embed((p * (1 - p)).sqrt())
-    root = p.sqrt()
-    return torch.diag_embed(root) - root.unsqueeze(2) * p.unsqueeze(1)
+        return torch.diag_embed(ce_hessian_diag_root(output))
+    return ce_hessian_root(output)
 
 
 def explicit_regularizer(

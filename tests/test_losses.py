@@ -136,3 +136,40 @@ def test_ce_bad_target(bad):
 def test_ce_bad_logits(bad):
     with pytest.raises(ValueError, match="logits"):
         ce_loss(bad, torch.tensor([0, 1, 2]))
+
+
+def test_ce_hessian_root_squares_to_the_output_hessian() -> None:
+    from gni_lib.losses import ce_hessian_diag_root, ce_hessian_root
+
+    logits = torch.randn(4, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    for b in range(4):
+        oracle = torch.func.hessian(lambda z: torch.nn.functional.cross_entropy(z[None], torch.tensor([1])))(logits[b])
+        c = ce_hessian_root(logits[b])
+        torch.testing.assert_close(c.T @ c, oracle, atol=1e-14, rtol=0)
+        torch.testing.assert_close(ce_hessian_diag_root(logits[b]) ** 2, torch.diagonal(oracle), atol=1e-14, rtol=0)
+
+
+def test_ce_hessian_roots_have_finite_gradients_when_the_softmax_saturates() -> None:
+    """softmax(z).sqrt() has an infinite derivative where p underflows to 0 (or 1 - p does): NaN gradients."""
+    from gni_lib.losses import ce_hessian_diag_root, ce_hessian_root
+
+    logits = torch.tensor([[0.0, 200.0, -200.0]], requires_grad=True)  # p = (e^-200, 1, e^-400) -> 0, 1, 0 in float32
+    assert (torch.softmax(logits, 1) == 0).any()
+    for root in (ce_hessian_root, ce_hessian_diag_root):
+        (grad,) = torch.autograd.grad(root(logits).square().sum(), logits)
+        assert torch.isfinite(grad).all(), root.__name__
+
+
+@pytest.mark.parametrize("bad", [torch.tensor([1, 2]), torch.zeros(())])
+def test_ce_hessian_root_bad_logits(bad: torch.Tensor) -> None:
+    from gni_lib.losses import ce_hessian_root
+
+    with pytest.raises(ValueError, match="logits"):
+        ce_hessian_root(bad)
+
+
+def test_ce_hessian_diag_root_needs_two_classes() -> None:
+    from gni_lib.losses import ce_hessian_diag_root
+
+    with pytest.raises(ValueError, match="logits"):
+        ce_hessian_diag_root(torch.zeros(3, 1))

@@ -452,3 +452,18 @@ def test_negative_sigma_is_refused_where_it_is_set():
     with pytest.raises(ValueError, match="sigma"):
         noise_sites(model)[0].sigma = -1.0
     assert explicit_regularizer(model, x) > 0  # unchanged, still usable
+
+
+@pytest.mark.parametrize("method", ["exact", "diag", "hutchinson"])
+def test_ce_gradient_is_finite_when_the_softmax_saturates(method: str) -> None:
+    """Failed before R took sqrt(p) from the log-softmax: sqrt'(0) = inf gave NaN gradients."""
+    from gni_lib.models import MLP
+
+    net = MLP([4, 8, 3], sigma=0.1, seed=0)
+    with torch.no_grad():
+        net[-1].weight.mul_(1e4)  # logits of order 1e4: some p are exactly 0 in float32
+    x = torch.randn(5, 4, generator=torch.Generator().manual_seed(0))
+    assert (torch.softmax(net.eval()(x), 1) == 0).any()
+    value = explicit_regularizer(net, x, loss="ce", method=method, probes=3, generator=torch.Generator().manual_seed(1))
+    value.backward()
+    assert all(torch.isfinite(p.grad).all() for p in net.parameters())
