@@ -112,7 +112,8 @@ def noisy_loss_gap(
         y: targets: shape :math:`(B, d_L)` and the output's dtype for ``"mse"``;
             int64 class indices of shape :math:`(B,)` for ``"ce"``.
         loss: ``"mse"`` (½-squared error) or ``"ce"`` (softmax cross-entropy).
-        samples: noisy forward passes, at least 2 (even when ``antithetic``).
+        samples: noisy forward passes, at least 2 (even and at least 4 when ``antithetic``,
+            so that there are two pairs to take a standard error over).
         antithetic: use pairs :math:`(+\varepsilon, -\varepsilon)`.
         generator: the source of the noise; ``None`` uses torch's global generator.
 
@@ -122,7 +123,7 @@ def noisy_loss_gap(
 
     Raises:
         TypeError: if an argument has the wrong type.
-        ValueError: for an unknown ``loss``; ``samples < 2`` or odd with
+        ValueError: for an unknown ``loss``; ``samples < 2``, or odd or below 4 with
             ``antithetic``; a model with no noise sites; ``x`` or ``y`` of the wrong
             shape, dtype or range, or not finite; a generator on another device type.
     """
@@ -135,6 +136,11 @@ def noisy_loss_gap(
         raise ValueError(
             f"samples must be even with antithetic=True (it counts the forward passes of "
             f"samples/2 pairs), got {samples}"
+        )
+    if antithetic and samples < 4:
+        raise ValueError(
+            f"samples must be at least 4 with antithetic=True: the standard error needs at "
+            f"least two antithetic pairs, got {samples}"
         )
     x = check_input(x)
     check_generator(generator, x.device)

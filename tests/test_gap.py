@@ -207,6 +207,15 @@ def test_bad_samples():
     with pytest.raises(ValueError, match="samples must be even"):
         noisy_loss_gap(model, x, y, samples=7)
     noisy_loss_gap(model, x, y, samples=7, antithetic=False)  # fine without pairs
+
+
+def test_one_antithetic_pair_is_refused_not_a_nan_standard_error():
+    """samples=2 with antithetic=True is one pair: its standard error was NaN, silently."""
+    model, x, y = _model_x_y()
+    with pytest.raises(ValueError, match="samples must be at least 4"):
+        noisy_loss_gap(model, x, y, samples=2)
+    estimate, se = noisy_loss_gap(model, x, y, samples=4, generator=_generator(0))
+    assert torch.isfinite(se) and se > 0
     for bad in (2.0, True, "10"):
         with pytest.raises(TypeError, match="samples"):
             noisy_loss_gap(model, x, y, samples=bad)
@@ -234,15 +243,15 @@ def test_bad_antithetic_and_generator():
 def test_bad_y(loss, bad):
     model, x, _ = _model_x_y()
     with pytest.raises(ValueError, match="y"):
-        noisy_loss_gap(model, x, bad, loss=loss, samples=2)
+        noisy_loss_gap(model, x, bad, loss=loss, samples=4)
 
 
 def test_bad_x_loss_and_model():
     model, x, y = _model_x_y()
     with pytest.raises(ValueError, match="x"):
-        noisy_loss_gap(model, torch.randn(2, 4, dtype=F64), y, samples=2)
+        noisy_loss_gap(model, torch.randn(2, 4, dtype=F64), y, samples=4)
     with pytest.raises(ValueError, match="x"):
-        noisy_loss_gap(model, torch.full((2, 3), float("inf"), dtype=F64), y, samples=2)
+        noisy_loss_gap(model, torch.full((2, 3), float("inf"), dtype=F64), y, samples=4)
     with pytest.raises(ValueError, match="loss"):
         noisy_loss_gap(model, x, y, loss="l1")
     with pytest.raises(ValueError, match="model"):
