@@ -291,11 +291,17 @@ def _check_models(models: object, allow_noise: bool = False) -> list[nn.Module]:
     reference = [(k, v.shape, v.dtype, v.device) for k, v in models[0].named_parameters()]
     if not reference:
         raise ValueError("models[0] has no parameters to train")
+    reference_types = [type(module) for module in models[0].modules()]
     for m, model in enumerate(models):
         mine = [(k, v.shape, v.dtype, v.device) for k, v in model.named_parameters()]
         if mine != reference:
             raise ValueError(
                 f"models[{m}] must have the parameter names, shapes, dtypes and devices of models[0]"
+            )
+        if [type(module) for module in model.modules()] != reference_types:
+            raise ValueError(
+                f"models[{m}] must have the module types of models[0] (the same activations "
+                "and noise sites): all models are trained as models[0]'s architecture"
             )
         if not all(p.requires_grad for p in model.parameters()):
             raise ValueError(f"models[{m}] has parameters with requires_grad=False; all are trained")

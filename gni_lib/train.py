@@ -140,6 +140,9 @@ def _check_pair(x: object, y: object, x_name: str, y_name: str) -> tuple[Tensor,
             f"{y_name} must have as many rows as {x_name} ({x.shape[0]}), "
             f"got shape {tuple(y.shape)}"
         )
+    for value, name in ((x, x_name), (y, y_name)):
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise ValueError(f"{name} must be finite, but it holds NaN or infinite entries")
     return x, y
 
 

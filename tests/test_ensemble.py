@@ -573,3 +573,21 @@ def test_generic_module_with_noise_sites_and_r_goes_through_vmap():
     histories = _sequential_noisy(theirs, x, y, site_seed=110, inject_noise=True, penalty=_r_penalty("mse"),
                                   weights=[0.3] * M, lr=0.1, batch_seed=6, **common)
     _assert_same(ours, result, theirs, histories, dtype)
+
+
+def test_models_of_other_module_types_are_refused():
+    """A tanh and a ReLU MLP have the same parameter shapes; both used to train as models[0]'s tanh."""
+    tanh = MLP([3, 6, 4], activation="tanh", seed=0).double()
+    relu = MLP([3, 6, 4], activation="relu", seed=1).double()
+    x, y = _regression(torch.float64)
+    with pytest.raises(ValueError, match=r"models\[1\] must have the module types"):
+        train_ensemble([tanh, relu], x, y, steps=1, lr=0.1)
+
+
+def test_non_finite_data_is_refused_by_name():
+    models = _models(torch.float64)
+    x, y = _regression(torch.float64)
+    x = x.clone()
+    x[1, 0] = float("inf")
+    with pytest.raises(ValueError, match="^x must be finite"):
+        train_ensemble(models, x, y, steps=1, lr=0.1)

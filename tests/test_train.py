@@ -449,3 +449,14 @@ def test_bad_optimizer_instances():
     foreign = torch.optim.SGD(_model().parameters(), lr=0.1)
     with pytest.raises(ValueError, match="optimizer"):
         train(model, x, y, steps=1, optimizer=foreign, progress=False)
+
+
+@pytest.mark.parametrize("name", ["x", "y", "x_test", "y_test"])
+def test_non_finite_data_is_a_value_error_naming_the_argument(name):
+    """Failed before: a NaN in x surfaced later as a FloatingPointError about a step."""
+    x, y = _data(6)
+    data = {"x": x.clone(), "y": y.clone(), "x_test": x.clone(), "y_test": y.clone()}
+    data[name][0, 0] = float("nan")
+    with pytest.raises(ValueError, match=f"^{name} must be finite"):
+        train(_model(), data["x"], data["y"], steps=2, lr=0.01, progress=False,
+              x_test=data["x_test"], y_test=data["y_test"])
