@@ -12,8 +12,12 @@ al. 2022, 2023). :func:`hessian_trace` computes it three ways:
   Hessian-vector products with the one-hot basis, vectorised in chunks, which
   is exact but meant for small models only.
 - ``"ggn"``: the trace of the generalised Gauss-Newton matrix
-  :math:`\frac1B \sum_b J_{\theta,b}^\top H_{L,b} J_{\theta,b}`, the positive
-  part of the Hessian.
+  :math:`\frac1B \sum_b J_{\theta,b}^\top H_{L,b} J_{\theta,b}`: the Hessian
+  without its network-curvature term :math:`\frac1B \sum_b \sum_i
+  (\partial_{\hat y_i} \ell_b)\, \nabla^2_\theta \hat y_{b,i}`. It is positive
+  semi-definite, but it is not the positive part of the Hessian (the dropped
+  term is indefinite, and the Hessian's positive eigen-directions are not the
+  Gauss-Newton matrix's).
 - ``"hutchinson"``: :math:`\frac1P \sum_{p} v_p^\top \nabla^2_\theta L\, v_p` with
   a fixed number of Rademacher probes :math:`v_p` and its standard error. The
   parameter Hessian of a network is indefinite and this estimator is poor
