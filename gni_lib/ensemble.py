@@ -12,7 +12,7 @@ pass (``torch.baddbmm``) and one backward pass, which is several times faster on
 CPU (see ``benchmarks/bench_ensemble.py``). Each model's parameters are one row
 of a flat :math:`(M, P)` tensor, in parameter order, and the update is one of
 the functional updates of :mod:`gni_lib.optim` applied to the whole tensor at
-once, with a per-model step size:
+once (or Adam's elementwise update, ``method="adam"``), with a per-model step size:
 
 .. math::
 
@@ -71,6 +71,7 @@ __all__ = ["train_ensemble", "EnsembleResult", "METHODS", "supports_fast_path"]
 #: The update rules :func:`train_ensemble` accepts and the optimiser each one matches.
 METHODS: dict[str, str] = {
     "gd": "torch.optim.SGD(params, lr) (plain: no momentum, no weight decay)",
+    "adam": "torch.optim.Adam(params, lr) (default betas (0.9, 0.999) and eps 1e-8, no weight decay)",
     "pgd": "gni_lib.optim.PGD(params, lr, sigma, generator=g)",
     "anti_pgd": "gni_lib.optim.AntiPGD(params, lr, sigma, generator=g)",
     "perturbed_gd": "gni_lib.optim.PerturbedGD(params, lr, sigma, layerwise=..., generator=g)",
@@ -396,6 +397,20 @@ def _draw_site_calls(
 # --- the trainer ---------------------------------------------------------------------------------
 
 
+def _adam_update(
+    flat: Tensor, grads: Tensor, moments: tuple[Tensor, Tensor] | None, step: int, lr_column: Tensor
+) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+    """One step of ``torch.optim.Adam`` (default betas and eps) on every row of ``flat``, (M, P)."""
+    beta1, beta2, eps = 0.9, 0.999, 1e-8
+    if moments is None:
+        moments = (torch.zeros_like(flat), torch.zeros_like(flat))
+    first = moments[0].lerp(grads, 1 - beta1)
+    second = moments[1].mul(beta2).addcmul(grads, grads, value=1 - beta2)
+    step_size = lr_column / (1 - beta1**step)
+    denominator = (second.sqrt() / math.sqrt(1 - beta2**step)).add(eps)
+    return flat - step_size * first / denominator, (first, second)
+
+
 def train_ensemble(
     models: Sequence[nn.Module],
     x: Tensor,
@@ -427,6 +442,9 @@ def train_ensemble(
     :math:`\mathcal B_n` and :math:`\xi^{(m)}_n \sim \mathcal N(0, \sigma_m^2 I)`:
 
     - ``"gd"``: :math:`w \leftarrow w - \eta_m \nabla L(w)`;
+    - ``"adam"``: Adam's update with :math:`\nabla L(w)`, step size :math:`\eta_m` and
+      PyTorch's default :math:`\beta_1, \beta_2, \epsilon`, elementwise, so the models
+      stay independent;
     - ``"pgd"``: :math:`w \leftarrow w - \eta_m \nabla L(w) + \xi_{n+1}`;
     - ``"anti_pgd"``: :math:`w \leftarrow w - \eta_m \nabla L(w) + \xi_{n+1} - \xi_n`, :math:`\xi_0 = 0`;
     - ``"perturbed_gd"``: :math:`w \leftarrow w - \eta_m \nabla L(w + \xi_n)`, all tensors
@@ -489,7 +507,7 @@ def train_ensemble(
         lr: :math:`\eta > 0`, one for all or a sequence of :math:`M`.
         method: a key of :data:`METHODS`.
         sigma: :math:`\sigma \ge 0` (standard deviation), one for all or :math:`M`;
-            must be 0 for ``"gd"``.
+            must be 0 for ``"gd"`` and ``"adam"``.
         layerwise: only with ``"perturbed_gd"``.
         generators: :math:`M` generators for the noise, on the models' device;
             required when a :math:`\sigma_m > 0`.
@@ -521,7 +539,7 @@ def train_ensemble(
         ValueError: on bad values (names the argument): models that differ, noise
             sites with :math:`\sigma > 0`, :math:`\eta \le 0`, :math:`\sigma < 0`,
             sequences of the wrong length, an unknown ``method`` or ``loss``,
-            ``sigma > 0`` with ``"gd"``, ``layerwise`` without ``"perturbed_gd"``,
+            ``sigma > 0`` with ``"gd"`` or ``"adam"``, ``layerwise`` without ``"perturbed_gd"``,
             missing ``generators``, ``fast_path=True`` for a model it does not fit,
             targets that do not suit the loss, models whose noise sites differ in
             number or mode, missing or wrong ``site_generators``, an unknown
@@ -545,11 +563,11 @@ def train_ensemble(
         raise TypeError(f"layerwise must be True or False, got {type(layerwise).__name__}")
     if layerwise and method != "perturbed_gd":
         raise ValueError(f"layerwise=True needs method='perturbed_gd', got method={method!r}")
-    if method == "gd" and any(s > 0 for s in sigmas):
-        raise ValueError("sigma must be 0 with method='gd' (pick 'pgd', 'anti_pgd' or 'perturbed_gd')")
+    if method in ("gd", "adam") and any(s > 0 for s in sigmas):
+        raise ValueError(f"sigma must be 0 with method={method!r} (pick 'pgd', 'anti_pgd' or 'perturbed_gd')")
     device = next(models[0].parameters()).device
     dtype = next(models[0].parameters()).dtype
-    noisy = method != "gd" and any(s > 0 for s in sigmas)
+    noisy = method not in ("gd", "adam") and any(s > 0 for s in sigmas)
     if generators is not None:
         generators = _check_generators(generators, count, device, "generators")
     elif noisy:
@@ -834,6 +852,7 @@ def train_ensemble(
     else:
         iterators, shared_batches = [], True
     xi: Tensor | None = None
+    adam_moments: tuple[Tensor, Tensor] | None = None
 
     bar = tqdm(total=steps, desc="train_ensemble", disable=not show, leave=False)
     try:
@@ -848,7 +867,7 @@ def train_ensemble(
                 index = torch.stack([next(it) for it in iterators])
                 xb, yb = x[index], y[index]
 
-            noise = draw(step) if method != "gd" else None
+            noise = draw(step) if method not in ("gd", "adam") else None
             at = perturb({"w": flat}, {"w": noise})["w"] if method == "perturbed_gd" else flat
             losses, grads = loss_and_grads(at, xb, yb, full_batch or shared_batches)
             # amax propagates NaN and inf, and is ten times cheaper than isfinite().all().
@@ -862,6 +881,8 @@ def train_ensemble(
             w, g = {"w": flat}, {"w": grads}
             if method in ("gd", "perturbed_gd"):
                 flat = gd_update(w, g, lr_column)["w"]
+            elif method == "adam":
+                flat, adam_moments = _adam_update(flat, grads, adam_moments, step, lr_column)
             elif method == "pgd":
                 flat = pgd_update(w, g, {"w": noise}, lr_column)["w"]
             else:

@@ -1,7 +1,7 @@
 """Tests for gni_lib.ensemble: M models at once equal M sequential runs.
 
 The oracle is gni_lib.train.train with the matching torch.optim optimiser
-(SGD, or gni_lib.optim.PGD / AntiPGD / PerturbedGD) and a copy of each
+(SGD, Adam, or gni_lib.optim.PGD / AntiPGD / PerturbedGD) and a copy of each
 generator, one model at a time. Tolerances: 1e-6 in float32 and 1e-12 in float64,
 for the round-off of batched products (bmm, vmap) against per-model ones.
 """
@@ -55,6 +55,8 @@ def _regression(dtype, device="cpu", n=30):
 def _optimizer(method, params, lr, sigma, generator, layerwise):
     if method == "gd":
         return torch.optim.SGD(params, lr=lr)
+    if method == "adam":
+        return torch.optim.Adam(params, lr=lr)
     if method == "pgd":
         return PGD(params, lr, sigma, generator=generator)
     if method == "anti_pgd":
@@ -90,6 +92,7 @@ def _assert_same(ensemble_models, result, sequential_models, histories, dtype):
 
 CASES = [
     pytest.param("gd", False, id="gd"),
+    pytest.param("adam", False, id="adam"),
     pytest.param("pgd", False, id="pgd"),
     pytest.param("anti_pgd", False, id="anti_pgd"),
     pytest.param("perturbed_gd", False, id="perturbed_gd"),
@@ -105,12 +108,12 @@ def test_ensemble_equals_sequential_training(method, layerwise, fast_path, dtype
     (one sigma = 0), a test set: final weights and the whole history agree."""
     x, y = _classification(dtype)
     lrs = [0.3, 0.1, 0.2]
-    sigmas = [0.0, 0.0, 0.0] if method == "gd" else [0.05, 0.0, 0.1]
+    sigmas = [0.0, 0.0, 0.0] if method in ("gd", "adam") else [0.05, 0.0, 0.1]
     common = dict(steps=12, loss="ce", batch_size=8, x_test=x[:10], y_test=y[:10], record_every=5)
     ours, theirs = _models(dtype), _models(dtype)
     result = train_ensemble(
         ours, x, y, lr=lrs, method=method, sigma=sigmas, layerwise=layerwise,
-        generators=_gens(10) if method != "gd" else None,
+        generators=_gens(10) if method not in ("gd", "adam") else None,
         batch_generator=torch.Generator().manual_seed(4), fast_path=fast_path, progress=False, **common,
     )
     assert result.fast_path is fast_path
@@ -196,7 +199,7 @@ def test_supports_fast_path():
     assert not supports_fast_path(MLP([2, 3, 1], sigma=0.1))
     assert not supports_fast_path(nn.Sequential(nn.Linear(2, 2), nn.LayerNorm(2)))
     assert not supports_fast_path(nn.Sequential(nn.Tanh()))
-    assert set(METHODS) == {"gd", "pgd", "anti_pgd", "perturbed_gd"}
+    assert set(METHODS) == {"gd", "adam", "pgd", "anti_pgd", "perturbed_gd"}
 
 
 def test_models_are_updated_in_place_and_noise_reproducible():
@@ -251,7 +254,8 @@ def _call(**overrides):
         (dict(lr=[0.1, 0.1]), ValueError, "lr"),
         (dict(lr=[0.1, -0.1, 0.1]), ValueError, r"lr\[1\]"),
         (dict(lr="0.1"), TypeError, "lr"),
-        (dict(method="adam"), ValueError, "method"),
+        (dict(method="adamw"), ValueError, "method"),
+        (dict(method="adam", sigma=0.1), ValueError, "sigma"),
         (dict(method="pgd", sigma=-0.1, generators=_gens(0)), ValueError, "sigma"),
         (dict(method="pgd", sigma=[0.1, 0.1], generators=_gens(0)), ValueError, "sigma"),
         (dict(sigma=0.1), ValueError, "sigma"),
@@ -591,3 +595,28 @@ def test_non_finite_data_is_refused_by_name():
     x[1, 0] = float("inf")
     with pytest.raises(ValueError, match="^x must be finite"):
         train_ensemble(models, x, y, steps=1, lr=0.1)
+
+
+@pytest.mark.parametrize("fast_path", [True, False], ids=["bmm", "vmap"])
+def test_noise_sites_with_adam_equal_sequential_training(fast_path):
+    """Adam (one lr per model) with noise injected at every site and a batch order per model:
+    each model ends where train() with torch.optim.Adam and a copy of its site generator ends."""
+    dtype = torch.float64
+    x, y = _classification(dtype)
+    lrs = [0.01, 0.03, 0.02]
+    common = dict(steps=10, loss="ce", batch_size=8, record_every=4)
+    ours, theirs = _noisy_models(dtype, [0.2, 0.0, 0.3]), _noisy_models(dtype, [0.2, 0.0, 0.3])
+    result = train_ensemble(
+        ours, x, y, lr=lrs, method="adam", inject_noise=True, site_generators=_gens(95),
+        batch_generator=[torch.Generator().manual_seed(s) for s in (1, 2, 3)], fast_path=fast_path,
+        progress=False, **common,
+    )
+    histories = []
+    for m, model in enumerate(theirs):
+        site_gen = torch.Generator().manual_seed(95 + m)
+        for site in noise_sites(model):
+            site.generator = site_gen
+        opt = torch.optim.Adam(model.parameters(), lr=lrs[m])
+        histories.append(train(model, x, y, optimizer=opt, generator=torch.Generator().manual_seed(1 + m),
+                               progress=False, **common))
+    _assert_same(ours, result, theirs, histories, dtype)
