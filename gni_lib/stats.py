@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from scipy import stats as _scipy_stats
 
-__all__ = ["mean_and_se", "t_interval", "interval_sign", "loglog_slope"]
+__all__ = ["mean_and_se", "t_interval", "interval_sign", "loglog_slope", "ratio_interval"]
 
 
 def _as_vector(values: object, name: str, minimum: int) -> np.ndarray:
@@ -150,3 +150,57 @@ def loglog_slope(
         raise ValueError("y must be non-zero to take the logarithm of its magnitude")
     slope, _ = np.polyfit(np.log(xs), np.log(np.abs(ys)), 1)
     return float(slope)
+
+
+def ratio_interval(
+    numerator: Sequence[float] | torch.Tensor | np.ndarray,
+    denominator: Sequence[float] | torch.Tensor | np.ndarray,
+    level: float = 0.95,
+) -> tuple[float, float] | None:
+    r"""Fieller's confidence interval for a ratio of means, :math:`ho = \mathbb E[a] / \mathbb E[b]`.
+
+    ``numerator`` holds :math:`n_a` draws of :math:`a`, ``denominator`` :math:`n_b`
+    draws of :math:`b`; the first :math:`k = \min(n_a, n_b)` of each are paired (the
+    same seed) and the rest independent. With the sample means :math:`ar a, ar b`,
+    their variances :math:`v_a = s_a^2/n_a`, :math:`v_b = s_b^2/n_b` and covariance
+    :math:`c = k\, s_{ab} / (n_a n_b)` (:math:`s_{ab}` from the :math:`k` pairs), the
+    interval is the set of :math:`ho` that the :math:`t`-test of
+    :math:`\mathbb E[a] - ho\,\mathbb E[b] = 0` does not reject,
+
+    .. math::
+
+        (ar a - ho ar b)^2 \le t^2 \,(v_a - 2ho c + ho^2 v_b),
+        \qquad t = t_{k-1,\,(1+	ext{level})/2},
+
+    a bounded interval exactly when :math:`ar b^2 > t^2 v_b`, i.e. when the
+    denominator's mean is resolved from zero at this level. Unlike a :math:`t`-interval
+    of per-seed ratios :math:`a_i / b_i`, it stays valid when single :math:`b_i` are near 0.
+
+    Returns:
+        ``(low, high)``, or ``None`` when the set is unbounded (the data do not
+        bound the ratio).
+
+    Raises:
+        TypeError: if an argument is not numeric or ``level`` is not a real number.
+        ValueError: if either sample holds fewer than two (finite) values, or
+            ``level`` is not in :math:`(0, 1)`.
+    """
+    if isinstance(level, bool) or not isinstance(level, numbers.Real):
+        raise TypeError(f"level must be a real number in (0, 1), got {type(level).__name__}")
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    a = _as_vector(numerator.reshape(-1) if isinstance(numerator, torch.Tensor) else numerator, "numerator", 2)
+    b = _as_vector(denominator.reshape(-1) if isinstance(denominator, torch.Tensor) else denominator, "denominator", 2)
+    k = min(a.size, b.size)
+    t = float(_scipy_stats.t.ppf(0.5 + level / 2, k - 1))
+    v_a, v_b = a.var(ddof=1) / a.size, b.var(ddof=1) / b.size
+    c = k * np.cov(a[:k], b[:k], ddof=1)[0, 1] / (a.size * b.size) if k > 1 else 0.0
+    quad = b.mean() ** 2 - t**2 * v_b  # (quad) rho^2 + (lin) rho + const <= 0
+    lin = -2 * (a.mean() * b.mean() - t**2 * c)
+    const = a.mean() ** 2 - t**2 * v_a
+    disc = lin**2 - 4 * quad * const
+    if quad <= 0 or disc < 0:
+        return None
+    root = math.sqrt(disc)
+    return float((-lin - root) / (2 * quad)), float((-lin + root) / (2 * quad))
+

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats as scipy_stats
 
-from gni_lib.stats import interval_sign, loglog_slope, mean_and_se, t_interval
+from gni_lib.stats import interval_sign, loglog_slope, mean_and_se, ratio_interval, t_interval
 
 
 def test_mean_and_se_by_hand() -> None:
@@ -97,3 +97,56 @@ def test_interval_sign_by_hand() -> None:
 def test_interval_sign_rejects_bad_input(low, high, error, name) -> None:
     with pytest.raises(error, match=name):
         interval_sign(low, high)
+
+
+def _pivot_t(a: np.ndarray, b: np.ndarray, rho: float) -> float:
+    """|t| of the paired test of E[a] - rho E[b] = 0, by hand (equal lengths)."""
+    d = a - rho * b
+    return abs(d.mean()) / (d.std(ddof=1) / math.sqrt(d.size))
+
+
+def test_ratio_interval_inverts_the_paired_t_test() -> None:
+    rng = np.random.default_rng(3)
+    b = rng.normal(2.0, 0.5, 20)
+    a = 1.5 * b + rng.normal(0.0, 0.3, 20)
+    low, high = ratio_interval(a, b)
+    t = scipy_stats.t.ppf(0.975, 19)
+    assert low < a.mean() / b.mean() < high
+    for end in (low, high):  # the ends are where the test is just not rejected
+        assert _pivot_t(a, b, end) == pytest.approx(t, rel=1e-9)
+    for inside in np.linspace(low, high, 7)[1:-1]:
+        assert _pivot_t(a, b, inside) < t
+    assert _pivot_t(a, b, low - 0.01) > t and _pivot_t(a, b, high + 0.01) > t
+
+
+def test_ratio_interval_with_unpaired_extra_draws() -> None:
+    rng = np.random.default_rng(4)
+    a, b = rng.normal(1.0, 1.0, 60), rng.normal(-2.0, 0.4, 15)
+    low, high = ratio_interval(a, b, level=0.9)
+    k = 15
+    v_a, v_b = a.var(ddof=1) / 60, b.var(ddof=1) / 15
+    c = k * np.cov(a[:k], b[:k])[0, 1] / (60 * 15)
+    t = scipy_stats.t.ppf(0.95, k - 1)
+    for end in (low, high):
+        pivot = (a.mean() - end * b.mean()) ** 2 / (v_a - 2 * end * c + end**2 * v_b)
+        assert pivot == pytest.approx(t**2, rel=1e-9)
+    assert low < a.mean() / b.mean() < high
+
+
+def test_ratio_interval_is_none_when_the_denominator_is_not_resolved() -> None:
+    rng = np.random.default_rng(5)
+    b = rng.normal(0.0, 1.0, 10)
+    b -= b.mean()  # mean exactly 0: no finite interval can hold the ratio
+    assert ratio_interval(rng.normal(1.0, 1.0, 10), b) is None
+    assert ratio_interval(torch.tensor([1.0, 1.1, 0.9]), torch.tensor([2.0, 2.1, 1.9])) is not None
+
+
+@pytest.mark.parametrize(
+    ("args", "error", "name"),
+    [(([1.0], [1.0, 2.0]), ValueError, "numerator"), (([1.0, 2.0], [1.0, float("nan")]), ValueError, "denominator"),
+     (([1.0, 2.0], [1.0, 2.0], 1.5), ValueError, "level"), ((["a", "b"], [1.0, 2.0]), TypeError, "numerator")],
+)
+def test_ratio_interval_rejects_bad_input(args, error, name) -> None:
+    with pytest.raises(error, match=name):
+        ratio_interval(*args)
+
