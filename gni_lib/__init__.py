@@ -71,7 +71,7 @@ from .seeding import get_stream, make_generator, spawn_generators, stream_seed
 from .spectral import fourier_spectrum, sobolev_seminorm_fourier, spectral_derivative
 from .stats import loglog_slope, mean_and_se, t_interval
 from .train import History
-from .verdicts import VERDICTS, Judgement, judge, record_claim, verdict
+from .verdicts import VERDICTS, Judgement, combine, judge, record_claim, verdict
 
 __version__ = "0.1.0"
 
@@ -87,6 +87,7 @@ __all__ = [
     "Judgement",
     "verdict",
     "judge",
+    "combine",
     "record_claim",
     "GaussianNoise",
     "noise_sites",

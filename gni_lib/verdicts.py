@@ -35,7 +35,7 @@ import torch
 
 from .stats import mean_and_se, t_interval
 
-__all__ = ["VERDICTS", "Judgement", "verdict", "judge", "record_claim", "verdict_key", "ledger_key"]
+__all__ = ["VERDICTS", "Judgement", "verdict", "judge", "combine", "record_claim", "verdict_key", "ledger_key"]
 
 #: The four verdicts, in the order the ledger counts them.
 VERDICTS = ("holds", "holds approximately", "did not reproduce", "inconclusive")
@@ -147,6 +147,34 @@ def judge(
     mean, se = mean_and_se(values)
     n = int(np.asarray(values).size)
     return Judgement(mean, se, low, high, n, level, verdict(low, high, claim=claim, approx=approx))
+
+
+def combine(verdicts: Sequence[str]) -> str:
+    """One verdict for a claim checked by several statistics, each of which must hold.
+
+    All the same: that verdict. Otherwise the weakest, in the order
+    ``did not reproduce`` (one part is excluded, so the whole claim is), then
+    ``inconclusive``; a mix of ``holds`` and ``holds approximately`` is
+    ``holds approximately``.
+
+    Raises:
+        ValueError: if ``verdicts`` is empty or holds a string not in :data:`VERDICTS`.
+        TypeError: if it is not a sequence of strings.
+    """
+    if isinstance(verdicts, str) or not isinstance(verdicts, (Sequence, set, frozenset)):
+        raise TypeError(f"verdicts must be a sequence of verdict strings, got {type(verdicts).__name__}")
+    found = set(verdicts)
+    if not found:
+        raise ValueError("verdicts must hold at least one verdict")
+    unknown = found - set(VERDICTS)
+    if unknown:
+        raise ValueError(f"verdicts must each be one of {VERDICTS}, got {sorted(map(repr, unknown))}")
+    if len(found) == 1:
+        return found.pop()
+    for weakest in (VERDICTS[2], VERDICTS[3]):
+        if weakest in found:
+            return weakest
+    return VERDICTS[1]
 
 
 def verdict_key(claim_id: str) -> str:

@@ -128,3 +128,28 @@ def test_record_claim_glues_both_keys(monkeypatch: pytest.MonkeyPatch) -> None:
         "verdict_camuto_fig4": ("holds approximately", False),
         "ledger_camuto_fig4": ("ratio 0.4 [0.3, 0.5]", False),
     }
+
+
+@pytest.mark.parametrize(
+    ("parts", "expected"),
+    [
+        (["holds", "holds"], "holds"),
+        (["holds", "holds approximately"], "holds approximately"),
+        (["holds", "inconclusive"], "inconclusive"),
+        (["holds approximately", "inconclusive", "did not reproduce"], "did not reproduce"),
+        (["did not reproduce"], "did not reproduce"),
+        (("inconclusive", "inconclusive"), "inconclusive"),
+    ],
+)
+def test_combine_takes_the_weakest(parts: list, expected: str) -> None:
+    from gni_lib.verdicts import combine
+
+    assert combine(parts) == expected
+
+
+@pytest.mark.parametrize(("bad", "error"), [([], ValueError), (["holds", "maybe"], ValueError), ("holds", TypeError)])
+def test_combine_bad_input(bad: object, error: type) -> None:
+    from gni_lib.verdicts import combine
+
+    with pytest.raises(error, match="verdicts"):
+        combine(bad)  # type: ignore[arg-type]
