@@ -71,7 +71,7 @@ from .seeding import get_stream, make_generator, spawn_generators, stream_seed
 from .spectral import fourier_spectrum, sobolev_seminorm_fourier, spectral_derivative
 from .stats import loglog_slope, mean_and_se, t_interval
 from .train import History
-from .verdicts import VERDICTS, Judgement, combine, judge, record_claim, verdict
+from .verdicts import VERDICTS, Judgement, combine, joint_verdict, judge, record_claim, verdict
 
 __version__ = "0.1.0"
 
@@ -88,6 +88,7 @@ __all__ = [
     "verdict",
     "judge",
     "combine",
+    "joint_verdict",
     "record_claim",
     "GaussianNoise",
     "noise_sites",

@@ -35,7 +35,7 @@ import torch
 
 from .stats import mean_and_se, t_interval
 
-__all__ = ["VERDICTS", "Judgement", "verdict", "judge", "combine", "record_claim", "verdict_key", "ledger_key"]
+__all__ = ["VERDICTS", "Judgement", "verdict", "judge", "combine", "joint_verdict", "record_claim", "verdict_key", "ledger_key"]
 
 #: The four verdicts, in the order the ledger counts them.
 VERDICTS = ("holds", "holds approximately", "did not reproduce", "inconclusive")
@@ -175,6 +175,75 @@ def combine(verdicts: Sequence[str]) -> str:
         if weakest in found:
             return weakest
     return VERDICTS[1]
+
+
+def joint_verdict(
+    intervals: Sequence[tuple[float, float]],
+    *,
+    claim: Region | Sequence[Region],
+    approx: Region | Sequence[Region] | None = None,
+) -> str:
+    r"""The verdict on a claim that *every* one of several statistics lies in its region.
+
+    The statistics :math:`(s_1, \dots, s_k)` have the intervals
+    :math:`I_1, \dots, I_k`; the claim is that the vector lies in the box
+    :math:`C_1 \times \dots \times C_k`, its weaker reading in
+    :math:`A_1 \times \dots \times A_k`. :func:`verdict`'s rule, applied to the box
+    of intervals :math:`I_1 \times \dots \times I_k`:
+
+    - ``holds``: every :math:`I_i \subset C_i`;
+    - ``holds approximately``: every :math:`I_i \subset A_i`, not all inside :math:`C_i`;
+    - ``did not reproduce``: otherwise, if some :math:`I_i` is disjoint from
+      :math:`C_i` (the box misses the claim: one part excluded excludes the whole);
+    - ``inconclusive``: otherwise.
+
+    This differs from :func:`combine` of the parts' verdicts in one case: a part
+    that holds approximately *and* excludes its claimed region, beside a part that is
+    inconclusive, is ``did not reproduce`` here (the claim as stated is excluded),
+    ``inconclusive`` there. With intervals at level :math:`1 - \alpha` each, the box
+    covers the vector with probability at least :math:`1 - k\alpha`.
+
+    Args:
+        intervals: ``[(low, high), ...]``, one per statistic.
+        claim: one region for all statistics, or one per statistic.
+        approx: likewise, or ``None`` (no weaker reading).
+
+    Raises:
+        TypeError, ValueError: as :func:`verdict`, and if the numbers of intervals
+            and regions differ or no interval is given.
+    """
+    if isinstance(intervals, (str, bytes)) or not isinstance(intervals, Sequence) or not intervals:
+        raise ValueError("intervals must be a non-empty sequence of (low, high) pairs")
+    count = len(intervals)
+
+    def per_part(regions: object, name: str) -> list:
+        if regions is None:
+            return [None] * count
+        if isinstance(regions, (tuple, list)) and regions and isinstance(regions[0], (tuple, list)):
+            if len(regions) != count:
+                raise ValueError(f"{name} must give one region per interval ({count}), got {len(regions)}")
+            return list(regions)
+        return [regions] * count
+
+    claims, approxes = per_part(claim, "claim"), per_part(approx, "approx")
+    parts = []
+    for interval, c, a in zip(intervals, claims, approxes):
+        if not isinstance(interval, (tuple, list)) or len(interval) != 2:
+            raise TypeError(f"intervals must hold (low, high) pairs, got {interval!r}")
+        parts.append(
+            (
+                verdict(*interval, claim=c, approx=a),
+                verdict(*interval, claim=c) == VERDICTS[2],  # disjoint from the claimed region
+            )
+        )
+    found = [part for part, _ in parts]
+    if all(v == VERDICTS[0] for v in found):
+        return VERDICTS[0]
+    if all(v in VERDICTS[:2] for v in found):
+        return VERDICTS[1]
+    if any(disjoint for _, disjoint in parts):
+        return VERDICTS[2]
+    return VERDICTS[3]
 
 
 def verdict_key(claim_id: str) -> str:

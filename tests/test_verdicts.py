@@ -153,3 +153,41 @@ def test_combine_bad_input(bad: object, error: type) -> None:
 
     with pytest.raises(error, match="verdicts"):
         combine(bad)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("intervals", "expected"),
+    [
+        ([(0.9, 1.1), (0.85, 1.2)], "holds"),
+        ([(0.9, 1.1), (0.6, 0.7)], "holds approximately"),  # one part only in the weaker reading
+        ([(0.6, 0.75), (0.25, 0.9)], "did not reproduce"),  # part 1 excludes the claim; part 2 undecided
+        ([(0.7, 0.9), (0.25, 0.9)], "inconclusive"),  # no part excludes the claim, not all inside
+        ([(-0.2, 0.3), (0.9, 1.1)], "did not reproduce"),
+    ],
+)
+def test_joint_verdict_is_the_verdict_of_the_box(intervals: list, expected: str) -> None:
+    from gni_lib.verdicts import joint_verdict
+
+    assert joint_verdict(intervals, claim=(0.8, 1.25), approx=(0.5, 2.0)) == expected
+
+
+def test_joint_verdict_differs_from_combining_labels_only_where_documented() -> None:
+    from gni_lib.verdicts import combine, joint_verdict, verdict
+
+    intervals = [(0.6, 0.75), (0.25, 0.9)]
+    labels = [verdict(*i, claim=(0.8, 1.25), approx=(0.5, 2.0)) for i in intervals]
+    assert labels == ["holds approximately", "inconclusive"]
+    assert combine(labels) == "inconclusive"
+    assert joint_verdict(intervals, claim=(0.8, 1.25), approx=(0.5, 2.0)) == "did not reproduce"
+
+
+def test_joint_verdict_per_part_regions_and_bad_input() -> None:
+    from gni_lib.verdicts import joint_verdict
+
+    assert joint_verdict([(1.0, 2.0), (-2.0, -1.0)], claim=[(0, math.inf), (-math.inf, 0)]) == "holds"
+    with pytest.raises(ValueError, match="claim must give one region per interval"):
+        joint_verdict([(1.0, 2.0)], claim=[(0, 1), (0, 2)])
+    with pytest.raises(ValueError, match="intervals"):
+        joint_verdict([], claim=(0, 1))
+    with pytest.raises(TypeError, match="intervals"):
+        joint_verdict([1.0], claim=(0, 1))
