@@ -157,22 +157,22 @@ def ratio_interval(
     denominator: Sequence[float] | torch.Tensor | np.ndarray,
     level: float = 0.95,
 ) -> tuple[float, float] | None:
-    r"""Fieller's confidence interval for a ratio of means, :math:`ho = \mathbb E[a] / \mathbb E[b]`.
+    r"""Fieller's confidence interval for a ratio of means, :math:`\rho = \mathbb E[a] / \mathbb E[b]`.
 
     ``numerator`` holds :math:`n_a` draws of :math:`a`, ``denominator`` :math:`n_b`
     draws of :math:`b`; the first :math:`k = \min(n_a, n_b)` of each are paired (the
-    same seed) and the rest independent. With the sample means :math:`ar a, ar b`,
+    same seed) and the rest independent. With the sample means :math:`\bar a, \bar b`,
     their variances :math:`v_a = s_a^2/n_a`, :math:`v_b = s_b^2/n_b` and covariance
     :math:`c = k\, s_{ab} / (n_a n_b)` (:math:`s_{ab}` from the :math:`k` pairs), the
-    interval is the set of :math:`ho` that the :math:`t`-test of
-    :math:`\mathbb E[a] - ho\,\mathbb E[b] = 0` does not reject,
+    interval is the set of :math:`\rho` that the :math:`t`-test of
+    :math:`\mathbb E[a] - \rho\,\mathbb E[b] = 0` does not reject,
 
     .. math::
 
-        (ar a - ho ar b)^2 \le t^2 \,(v_a - 2ho c + ho^2 v_b),
-        \qquad t = t_{k-1,\,(1+	ext{level})/2},
+        (\bar a - \rho \bar b)^2 \le t^2 \,(v_a - 2\rho c + \rho^2 v_b),
+        \qquad t = t_{k-1,\,(1+\text{level})/2},
 
-    a bounded interval exactly when :math:`ar b^2 > t^2 v_b`, i.e. when the
+    a bounded interval exactly when :math:`\bar b^2 > t^2 v_b`, i.e. when the
     denominator's mean is resolved from zero at this level. Unlike a :math:`t`-interval
     of per-seed ratios :math:`a_i / b_i`, it stays valid when single :math:`b_i` are near 0.
 
