@@ -8,6 +8,10 @@ that the chapter computed and glued under ``verdict_<id>`` when it executed, and
 the measured result it glued under ``ledger_<id>``. The registry types no status:
 a verdict is computed (``gni_lib.verdicts``), never written down.
 
+``{verdict-table}`` closes every chapter: the same rows for the claims whose
+``chapter`` is that page (claim, what the paper says, what we measured, verdict),
+from the page's own glue. A page that checks no claim cannot have one.
+
 The glued numbers live in the chapters, so the ledger page must be written again
 whenever a chapter is; ``env-get-outdated`` marks it outdated on every build (it is
 one cheap page). The same is done for the pages named in ``gni_always_reread``.
@@ -193,6 +197,62 @@ class ClaimsLedgerDirective(SphinxDirective):
         return [container]
 
 
+def verdict_rows(entries: list[dict[str, str]]) -> list[str]:
+    """A chapter's closing verdict table as a MyST ``list-table``: claim, paper, measured, verdict.
+
+    The measured result and the verdict are the chapter's own glued ``ledger_<id>`` and
+    ``verdict_<id>``, so the table shows what this execution computed.
+    """
+    lines = [
+        "```{list-table}",
+        ":header-rows: 1",
+        ":widths: 20 40 28 12",
+        ":width: 100%",
+        ":class: gni-verdicts",
+        "",
+        "* - Claim",
+        "  - What the paper says",
+        "  - What we measured",
+        "  - Verdict",
+    ]
+    for entry in entries:
+        claim_id = entry["id"]
+        lines += [
+            f"* - {{ref}}`{claim_id} <{target_label(claim_id)}>`",
+            "",
+            f"    {{cite:t}}`{entry['paper']}`, {entry['where']}",
+            f"  - {entry['statement']}",
+            f"  - {{glue:text}}`{glue_key(claim_id)}:s`",
+            f"  - {{glue:text}}`{verdict_key(claim_id)}:s`",
+        ]
+    lines.append("```")
+    return lines
+
+
+class VerdictTableDirective(SphinxDirective):
+    """``{verdict-table}``: the claims this chapter checks, with its glued results (closes a chapter)."""
+
+    has_content = False
+    required_arguments = 0
+
+    def run(self) -> list[nodes.Node]:
+        registry = Path(self.env.srcdir) / self.config.gni_claims_registry
+        self.env.note_dependency(str(registry))
+        try:
+            entries = load_registry(registry)
+        except ValueError as error:
+            raise self.error(str(error)) from error
+        mine = [entry for entry in entries if entry["chapter"] == self.env.docname]
+        if not mine:
+            raise self.error(
+                f"verdict-table: no claim in {self.config.gni_claims_registry} names chapter "
+                f"{self.env.docname!r}; set the claims' chapter field, or remove the table"
+            )
+        container = nodes.container(classes=["gni-verdict-table"])
+        self.state.nested_parse(StringList(verdict_rows(mine), source=str(registry)), self.content_offset, container)
+        return [container]
+
+
 def _always_outdated(app: Sphinx, env: Any, added: set[str], changed: set[str], removed: set[str]) -> list[str]:
     return [doc for doc in app.config.gni_always_reread if doc in env.found_docs]
 
@@ -201,5 +261,6 @@ def setup(app: Sphinx) -> dict[str, Any]:
     app.add_config_value("gni_claims_registry", "book/claims.yml", "env")
     app.add_config_value("gni_always_reread", [], "env")
     app.add_directive("claims-ledger", ClaimsLedgerDirective)
+    app.add_directive("verdict-table", VerdictTableDirective)
     app.connect("env-get-outdated", _always_outdated)
     return {"version": "1.0", "parallel_read_safe": True, "parallel_write_safe": True}
