@@ -304,3 +304,29 @@ def test_summary_counts_the_glued_verdicts(tmp_path: Path) -> None:
     verdicts = gni_ledger.read_verdicts(tmp_path, entries)
     assert verdicts["paper.other"] is None
     assert "holds" not in gni_ledger.summary_line(entries, verdicts)
+
+
+def test_every_chapter_closes_with_a_table_of_its_computed_verdicts() -> None:
+    """The rendered {verdict-table} of each chapter pastes one measurement and one verdict per claim."""
+    entries = gni_ledger.load_registry(BOOK / "claims.yml")
+    by_chapter: dict[str, list[str]] = {}
+    for entry in entries:
+        by_chapter.setdefault(entry["chapter"], []).append(entry["id"])
+    for chapter, claim_ids in by_chapter.items():
+        html = _rendered(chapter)
+        assert "gni-verdict-table" in html, f"{chapter} has no verdict table"
+        table = html[html.index("gni-verdict-table") :]
+        table = table[: table.index("</table>")]
+        pasted = [text.strip() for text in re.findall(r'<span class="pasted-text">([^<]+)</span>', table)]
+        assert len(pasted) == 2 * len(claim_ids), f"{chapter}: expected a measurement and a verdict per claim, got {pasted}"
+        verdicts = pasted[1::2]
+        assert all(v in gni_ledger.STATUSES for v in verdicts), f"{chapter}: not computed verdicts: {verdicts}"
+        for claim_id in claim_ids:
+            assert f"#{gni_ledger.target_label(claim_id)}" in table, f"{chapter}: the table does not link {claim_id}"
+
+
+def test_the_verdict_table_rows_paste_the_chapters_own_glue() -> None:
+    rows = "\n".join(gni_ledger.verdict_rows([dict(_ENTRY)]))
+    assert f"{{glue:text}}`{gni_ledger.verdict_key(_ENTRY['id'])}:s`" in rows
+    assert f"{{glue:text}}`{gni_ledger.glue_key(_ENTRY['id'])}:s`" in rows
+    assert _ENTRY["statement"] in rows and "::" not in rows
