@@ -175,3 +175,59 @@ def test_chapter_pdfs_have_pages_text_math_and_figures() -> None:
     assert not printed, f"math was printed as TeX source: {printed[:2]}"
     images = sum(len(page.images) for page in reader.pages)
     assert images >= 4, f"expected the chapter's figures in the PDF, found {images} images"
+
+
+#: A code line at least this long would run past the printed page's right margin if the
+#: print style did not wrap it (the printed code width is about 85 characters).
+LONG_LINE = 70
+_HIDDEN_INPUT = ("remove-cell", "remove-input", "hide-input", "hide-cell")
+
+
+def printed_code_lines(source: str) -> list[str]:
+    """The long code lines a printed chapter shows: those of visible cells outside the solutions."""
+    visible = _SOLUTION.sub(" ", source)
+    lines = []
+    for cell in _CODE_CELL.findall(visible):
+        body = cell.split("\n")[1:-1]
+        if body and body[0].strip() == "---" and "---" in body[1:]:
+            options = body[: body.index("---", 1) + 1]
+            if any(tag in line for line in options for tag in _HIDDEN_INPUT):
+                continue
+            body = body[body.index("---", 1) + 1 :]
+        lines += [line for line in body if len(line.rstrip()) >= LONG_LINE]
+    return lines
+
+
+def _alnum(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]", "", text)
+
+
+def test_printed_chapters_keep_the_ends_of_long_code_lines() -> None:
+    """Every long code line's last characters appear in its chapter's PDF: nothing is cut at the margin."""
+    from pypdf import PdfReader
+
+    _need(PDF, "make pdf")
+    probed, cut = 0, []
+    for chapter in CHAPTERS:
+        pdf = PDF / f"{chapter.stem}.pdf"
+        assert pdf.exists(), f"make pdf wrote no {pdf.name}"
+        printed = _alnum("".join(page.extract_text() for page in PdfReader(pdf).pages))
+        for line in printed_code_lines(chapter.read_text(encoding="utf-8")):
+            ending = _alnum(line)[-12:]
+            if len(ending) < 6:
+                continue
+            probed += 1
+            if ending not in printed:
+                cut.append(f"{chapter.stem}: {line.strip()[-60:]}")
+    assert probed >= 10, f"only {probed} long code lines were probed: the check would prove little"
+    assert not cut, f"{len(cut)} of {probed} long code lines lost their ending in print, e.g. {cut[:3]}"
+
+
+def test_the_probe_finds_long_lines_and_skips_hidden_ones() -> None:
+    long = "x = " + "a" * LONG_LINE
+    source = (
+        f"```{{code-cell}} ipython3\n{long}\nshort\n```\n\n"
+        f"```{{code-cell}} ipython3\n---\ntags: [remove-input]\n---\n{long}_hidden\n```\n\n"
+        f"```{{solution-start}} ex\n```\n\n```{{code-cell}} ipython3\n{long}_solution\n```\n\n```{{solution-end}}\n```\n"
+    )
+    assert printed_code_lines(source) == [long]

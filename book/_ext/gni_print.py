@@ -3,7 +3,8 @@
 ``make pdf`` runs this after ``make book``: each numbered chapter page of
 ``_build/html`` is opened offline (every request that is not ``file://`` is
 blocked), MathJax is given time to typeset, and chromium prints the page with the
-theme's print stylesheet to ``_build/pdf/<chapter>.pdf``. No LaTeX is involved.
+theme's print stylesheet, plus ``PRINT_CSS`` (code wraps instead of being cut at
+the margin), to ``_build/pdf/<chapter>.pdf``. No LaTeX is involved.
 
 The browser helpers here (launch options, network blocking, waiting for MathJax)
 are shared with ``tests/test_browser.py``.
@@ -34,6 +35,26 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 MATH_TIMEOUT_MS = 30_000
+
+#: Added to every page before it is printed. The theme's code blocks scroll sideways
+#: on screen (``white-space: pre``), which on paper cuts every line at the margin:
+#: wrap them instead, breaking inside a word if a word alone is too long. Code cells
+#: and their frames may break across pages, so that a block taller than what is left
+#: of a page starts there instead of leaving an empty frame behind.
+PRINT_CSS = """
+pre, div.highlight pre, .cell_input pre, .cell_output pre, .output pre {
+  white-space: pre-wrap !important;
+  overflow-wrap: anywhere !important;
+  word-break: break-all !important;
+  overflow: visible !important;
+  max-height: none !important;
+}
+div.highlight, div.cell, div.cell_input, div.cell_output, div.output, .highlight, pre {
+  break-inside: auto !important;
+  page-break-inside: auto !important;
+  overflow: visible !important;
+}
+"""
 _CHAPTER = re.compile(r"(^|/)\d\d-[^/]+$")
 
 
@@ -120,6 +141,7 @@ def print_chapters(html: Path, out: Path, toc_path: Path) -> list[Path]:
                 if blocked:
                     raise SystemExit(f"{name}: asked the network for {blocked}")
                 page.emulate_media(media="print")
+                page.add_style_tag(content=PRINT_CSS)
                 target = out / f"{Path(name).name}.pdf"
                 page.pdf(
                     path=str(target),
