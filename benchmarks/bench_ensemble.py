@@ -1,6 +1,6 @@
 """train_ensemble (16 models at once) vs a Python loop over the 16 models.
 
-Chapters 04, 07, 08 and 09 train a grid of seeds, noise levels and step sizes so
+Chapters 07, 13, 15 and 17 train a grid of seeds, noise levels and step sizes so
 that every figure can show intervals. The design's target: 16 MLPs 32-64-64-10,
 200 SGD steps, batch 64, at least 3x faster than a Python loop in float32. The
 PGD and Anti-PGD rows check that drawing the noise (one N(0, 1) number per

@@ -1,6 +1,6 @@
 """jacobian_penalty (one batched set of VJPs) vs the naive per-example Jacobian loop.
 
-Chapter 01 trains with the Tikhonov penalty mean ||J_F(x)||_F^2 and chapter 07
+Chapter 02 trains with the Tikhonov penalty mean ||J_F(x)||_F^2 and chapter 13
 with its noisy-input version, so its cost sets the cost of a training step.
 The naive route calls torch.autograd.functional.jacobian once per example.
 """
@@ -14,7 +14,7 @@ from gni_lib.models import MLP
 
 CASES = [
     # (label, widths, batch)
-    ("1-64-64-1 tanh, batch 200 (chapter 01)", [1, 64, 64, 1], 200),
+    ("1-64-64-1 tanh, batch 200 (chapter 02)", [1, 64, 64, 1], 200),
     ("32-256-256-10 tanh, batch 32", [32, 256, 256, 10], 32),
 ]
 

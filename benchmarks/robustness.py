@@ -13,7 +13,7 @@ Per-run results are kept in ``_build/robustness/`` so that ``--chapters`` can re
 a few chapters and the table is rebuilt from all of them; a run of a chapter or
 library other than the current one is marked stale.
 
-It is not part of ``make test``: five streams of nine chapters take about half an
+It is not part of ``make test``: five streams of seventeen chapters take about half an
 hour on a 2-core CPU.
 """
 

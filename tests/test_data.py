@@ -156,7 +156,7 @@ def test_grid_needs_two_points():
 
 
 # =================================================================================================
-# The problems of chapters 04-09. Oracles: torch.func.hessian traces, Monte Carlo with its
+# The problems of chapters 07-17. Oracles: torch.func.hessian traces, Monte Carlo with its
 # standard error, the FFT, and direct checks of the documented construction.
 # =================================================================================================
 

@@ -153,28 +153,44 @@ def test_strip_gated_solutions_by_hand() -> None:
 # --- printable chapters -----------------------------------------------------------------
 
 
-def test_chapter_pdfs_have_pages_text_math_and_figures() -> None:
+def test_make_pdf_writes_one_pdf_per_chapter() -> None:
+    _need(PDF, "make pdf")
+    assert {path.stem for path in PDF.glob("*.pdf")} == {chapter.stem for chapter in CHAPTERS}
+
+
+@pytest.mark.parametrize("chapter", CHAPTERS, ids=lambda path: path.stem)
+def test_chapter_pdf_has_pages_text_math_and_figures(chapter: Path) -> None:
     from pypdf import PdfReader
 
     _need(PDF, "make pdf")
-    pdfs = {path.stem: path for path in PDF.glob("*.pdf")}
-    assert set(pdfs) == {chapter.stem for chapter in CHAPTERS}, "make pdf must write one PDF per chapter"
-    reader = PdfReader(pdfs["01-noise-and-tikhonov"])
-    assert len(reader.pages) >= 5, f"the chapter printed to only {len(reader.pages)} pages"
+    reader = PdfReader(PDF / f"{chapter.stem}.pdf")
+    assert len(reader.pages) >= 3, f"the chapter printed to only {len(reader.pages)} pages"
     text = " ".join(" ".join(page.extract_text() for page in reader.pages).split())
-    assert "Noise and Tikhonov regularisation" in text
-    assert "Learning goals" in text and "Exercises" in text
+    source = chapter.read_text(encoding="utf-8")
+    title = re.search(r"^# (.+)$", source, re.M).group(1)
+    assert _words(title) in _words(text), f"the title {title!r} is not in the PDF"
+    for heading in ("Learning goals", "Exercises", "Verdicts"):
+        assert heading in text, f"{heading!r} is not in the PDF"
     # Typeset math leaves glyphs, not TeX source: no display equation of the chapter's prose
     # may appear in the PDF's text as TeX (code cells may, so only the prose is probed).
-    source = _CODE_CELL.sub(" ", (BOOK / "01-noise-and-tikhonov.md").read_text(encoding="utf-8"))
-    tex = [re.sub(r"\s+", "", line) for block in re.findall(r"\$\$(.*?)\$\$", source, re.S)
+    prose = _CODE_CELL.sub(" ", source)
+    tex = [re.sub(r"\s+", "", line) for block in re.findall(r"\$\$(.*?)\$\$", prose, re.S)
            for line in block.splitlines() if len(re.findall(r"\\[A-Za-z]+", line)) >= 2]
-    assert len(tex) >= 3, "expected display equations in chapter 01's prose"
     flat = re.sub(r"\s+", "", text)
     printed = [line for line in tex if line in flat]
     assert not printed, f"math was printed as TeX source: {printed[:2]}"
     images = sum(len(page.images) for page in reader.pages)
-    assert images >= 4, f"expected the chapter's figures in the PDF, found {images} images"
+    assert images >= 1, "expected the chapter's figures in the PDF, found none"
+
+
+def test_the_tex_probe_would_see_display_math() -> None:
+    """The TeX probe above finds the display equations of the chapters' prose (so it can fail)."""
+    found = 0
+    for chapter in CHAPTERS:
+        prose = _CODE_CELL.sub(" ", chapter.read_text(encoding="utf-8"))
+        found += sum(1 for block in re.findall(r"\$\$(.*?)\$\$", prose, re.S) for line in block.splitlines()
+                     if len(re.findall(r"\\[A-Za-z]+", line)) >= 2)
+    assert found >= 20, f"only {found} display-math lines to probe in the whole book"
 
 
 #: A code line at least this long would run past the printed page's right margin if the
