@@ -137,6 +137,7 @@ def test_variance_by_width_on_a_quadratic_against_its_closed_form():
     for i in range(2):
         assert abs(values["all"][i] - 0.09) < 5 * errors["all"][i]
         assert abs(values["layer"][i] - 0.045) < 5 * errors["layer"][i]
+        assert errors["all"][i] < 0.05 * values["all"][i] and errors["layer"][i] < 0.05 * values["layer"][i]
     assert len(values["all"]) == len(errors["layer"]) == 2
 
 
