@@ -224,9 +224,11 @@ def train_stacked(
     Args:
         params: stacked layers from :func:`stacked_mlp` (:math:`S` networks), updated in place.
         kind: ``"plain"``, ``"noise"`` or ``"tikhonov"``.
-        inputs, targets: shape :math:`(S, N, 1)`, one data set per network.
+        inputs: :math:`x`, shape :math:`(S, N, 1)`, one data set per network.
+        targets: :math:`y`, shape :math:`(S, N, 1)`.
         noise_std: :math:`\sigma`, the input noise standard deviation (``"noise"``), and the default penalty weight's.
-        steps, settle_steps: the steps of the two phases (``steps >= 1``, ``settle_steps >= 0``).
+        steps: the steps of the first phase, ``>= 1``.
+        settle_steps: the steps of the second phase, ``>= 0``.
         lr: the Adam step size of the first phase, ``> 0``.
         repeats: noise draws per point and step (``"noise"`` only), ``>= 1``.
         penalty_weight: :math:`\lambda \ge 0` (``"tikhonov"`` only); ``None`` for :math:`\sigma^2/2`.
