@@ -266,8 +266,8 @@ def calibrated_ece_draws(
     test set of this size and these confidences.
 
     Shapes:
-        ``confidence`` :math:`(n,)`; returns :math:`(\text{len(bin\_counts)}, \text{draws})`
-        in the confidences' dtype.
+        ``confidence`` :math:`(n,)`; returns ``(len(bin_counts), draws)`` in the
+        confidences' dtype.
 
     Raises:
         TypeError: if ``generator`` is not a ``torch.Generator``.
@@ -294,7 +294,7 @@ def walk_ratios(model: nn.Module, x: Tensor, y: Tensor, *, resolution: int = 20,
     :math:`\gamma_\text{lin} = \min_{j\ne y}(z_y - z_j)/\lVert\nabla_x(z_y - z_j)\rVert_2`,
     :func:`gni_lib.calibration.input_margin`) and :math:`u` the unit vector
     along :math:`-\nabla_x(z_y - z_{j^*})`. The result is the smallest
-    :math:`t = k / \texttt{resolution}`, :math:`k = 1, \dots, \texttt{max\_steps}`,
+    :math:`t = k / r` (:math:`r` = ``resolution``, :math:`k = 1, \dots,` ``max_steps``)
     with :math:`\arg\max z(x + t\gamma_\text{lin}u) \ne y`, or ``inf`` if there is none.
     For an affine classifier it is 1 up to one step, ``1 / resolution`` (the linearisation is exact);
     the walk length :math:`t\gamma_\text{lin}` is an upper bound on the distance to the boundary.
