@@ -43,6 +43,8 @@ from torch import Tensor, nn
 from ._checks import check_int, check_real, check_tensor
 from .models import MLP
 
+__all__ = ["antithetic_pairs", "stacked_mlp", "stacked_forward", "train_stacked"]
+
 Params = list[tuple[Tensor, Tensor]]
 KINDS = ("plain", "noise", "tikhonov")
 
