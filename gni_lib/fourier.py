@@ -77,8 +77,8 @@ class FourierFeatures(nn.Module):
         input :math:`(B, 1)`; output :math:`(B, 2K)`, the :math:`K` cosines, then the :math:`K` sines.
 
     Raises:
-        TypeError: if ``degree`` is not an int. ValueError: if ``degree < 1``, or
-        (in ``forward``) the input is not of shape :math:`(B, 1)`.
+        TypeError: if ``degree`` is not an int.
+        ValueError: if ``degree < 1``, or (in ``forward``) the input is not of shape :math:`(B, 1)`.
     """
 
     def __init__(self, degree: int):
