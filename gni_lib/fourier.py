@@ -87,6 +87,7 @@ class FourierFeatures(nn.Module):
         self.register_buffer("k", torch.arange(1, degree + 1, dtype=torch.float64))
 
     def forward(self, inputs: Tensor) -> Tensor:
+        """The features of ``inputs`` of shape :math:`(B, 1)`, shape :math:`(B, 2K)`."""
         if inputs.ndim != 2 or inputs.shape[1] != 1:
             raise ValueError(f"inputs must have shape (B, 1), got {tuple(inputs.shape)}")
         phase = 2 * math.pi * inputs * self.k
@@ -104,6 +105,7 @@ class PeriodicEmbedding(nn.Module):
     """
 
     def forward(self, inputs: Tensor) -> Tensor:
+        """:math:`(\cos 2\pi x, \sin 2\pi x)` of ``inputs`` of shape :math:`(B, 1)`, shape :math:`(B, 2)`."""
         if inputs.ndim != 2 or inputs.shape[1] != 1:
             raise ValueError(f"inputs must have shape (B, 1), got {tuple(inputs.shape)}")
         return torch.cat([torch.cos(2 * math.pi * inputs), torch.sin(2 * math.pi * inputs)], dim=1)
@@ -128,7 +130,8 @@ class StackedFit(NamedTuple):
             amplitude spectrum (:func:`gni_lib.spectral.fourier_spectrum`) of each clean
             network on the grid at each of the :math:`R` records (steps
             :math:`0, r, 2r, \\dots`).
-        weights, biases: the trained stacked tensors, detached (see :func:`stack_mlps`).
+        weights: the trained stacked weights, detached (see :func:`stack_mlps`).
+        biases: the trained stacked biases, detached.
     """
 
     models: list[nn.Sequential]
@@ -169,7 +172,7 @@ def stack_mlps(models: Sequence[nn.Sequential]) -> tuple[list[Tensor], list[Tens
             ``activation="relu"``, biases, and the same widths :math:`[d_0, \dots, d_L]`.
 
     Returns:
-        ``(weights, biases)``: lists of :math:`L` new leaf tensors that require grad,
+        tuple: ``(weights, biases)``, lists of :math:`L` new leaf tensors that require grad,
         :math:`W_k` of shape :math:`(M, d_k, d_{k-1})` and :math:`b_k` of shape
         :math:`(M, d_k)`, copies of the models' parameters.
 
@@ -222,7 +225,7 @@ def stacked_forward(
         generator: the source of the noise; required when a standard deviation is positive.
 
     Returns:
-        ``(outputs, hidden)``: outputs of shape :math:`(M, N, d_L)`, and
+        tuple: ``(outputs, hidden)``, outputs of shape :math:`(M, N, d_L)`, and
         :math:`[h_1, \dots, h_{L-1}]`, each :math:`(M, N, d_k)`, before their noise.
 
     Raises:
@@ -318,7 +321,8 @@ def fit_stacked(
         models: as :func:`stack_mlps`; changed in place.
         x: grid, shape :math:`(N, d_0)`, on the models' device and dtype.
         y: targets, shape :math:`(M, N, d_L)`, one per network.
-        steps: Adam steps, :math:`\ge 0`. lr: Adam's step size, :math:`> 0`.
+        steps: Adam steps, :math:`\ge 0`.
+        lr: Adam's step size, :math:`> 0`.
         record_every: :math:`\ge 1`.
         hidden_std, input_std, penalty_std: standard deviations, :math:`\ge 0`.
         generator: the source of the training noise; required when noise is injected.
@@ -327,8 +331,9 @@ def fit_stacked(
         StackedFit: the models, the spectra, and the trained stacked weights.
 
     Raises:
-        TypeError, ValueError: as :func:`stack_mlps` and :func:`stacked_forward`, and if
-        ``steps``, ``record_every`` or ``lr`` is out of range or ``y`` has the wrong shape.
+        TypeError: as :func:`stack_mlps` and :func:`stacked_forward`.
+        ValueError: as :func:`stack_mlps` and :func:`stacked_forward`, and if ``steps``,
+            ``record_every`` or ``lr`` is out of range or ``y`` has the wrong shape.
     """
     steps = _check_count(steps, "steps", 0)
     record_every = _check_count(record_every, "record_every", 1)
@@ -385,7 +390,7 @@ def stacked_layer_statistics(weights: Sequence[Tensor], biases: Sequence[Tensor]
         x: inputs, shape :math:`(N, d_0)`.
 
     Returns:
-        ``(norms, traces)``: float64 CPU tensors of shape :math:`(M, L-2)`, column
+        tuple: ``(norms, traces)``, float64 CPU tensors of shape :math:`(M, L-2)`, column
         :math:`j` for layer :math:`k = j + 2`.
 
     Raises:

@@ -66,7 +66,7 @@ def load_breast_cancer_split(
     **Split.** ``sklearn.model_selection.train_test_split`` with
     ``test_size=test_fraction``, stratified by the label, and
     ``random_state = seed mod 2**32`` (a stream seed of
-    :func:`gni_lib.stream_seed` may exceed the 32 bits scikit-learn accepts).
+    :func:`gni_lib.seeding.stream_seed` may exceed the 32 bits scikit-learn accepts).
 
     **Standardisation.** ``StandardScaler`` fitted on the training set only
     (each feature centred and divided by its population standard deviation, in
