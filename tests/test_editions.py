@@ -12,6 +12,7 @@ from __future__ import annotations
 import html as html_lib
 import importlib.util
 import re
+import unicodedata
 from pathlib import Path
 
 import jupytext
@@ -34,7 +35,8 @@ _SOLUTION = re.compile(r"^(`{3,}|:{3,})\{solution-start\}.*?^(`{3,}|:{3,})\{solu
 
 
 def _words(text: str) -> str:
-    return " ".join(re.findall(r"[a-z0-9]+", text.lower()))
+    """Lower-case words; ligatures a PDF's text may hold (ﬁ, ﬂ) are spelt out first."""
+    return " ".join(re.findall(r"[a-z0-9]+", unicodedata.normalize("NFKC", text).lower()))
 
 
 def _page_text(path: Path) -> str:
@@ -205,17 +207,19 @@ def printed_code_lines(source: str) -> list[str]:
     lines = []
     for cell in _CODE_CELL.findall(visible):
         body = cell.split("\n")[1:-1]
+        options: list[str] = []
         if body and body[0].strip() == "---" and "---" in body[1:]:
-            options = body[: body.index("---", 1) + 1]
-            if any(tag in line for line in options for tag in _HIDDEN_INPUT):
-                continue
-            body = body[body.index("---", 1) + 1 :]
+            options, body = body[: body.index("---", 1) + 1], body[body.index("---", 1) + 1 :]
+        while body and body[0].startswith(":") and not body[0].startswith("::"):
+            options, body = options + body[:1], body[1:]
+        if any(tag in line for line in options for tag in _HIDDEN_INPUT):
+            continue
         lines += [line for line in body if len(line.rstrip()) >= LONG_LINE]
     return lines
 
 
 def _alnum(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9]", "", text)
+    return re.sub(r"[^A-Za-z0-9]", "", unicodedata.normalize("NFKC", text))
 
 
 def test_printed_chapters_keep_the_ends_of_long_code_lines() -> None:
@@ -244,6 +248,7 @@ def test_the_probe_finds_long_lines_and_skips_hidden_ones() -> None:
     source = (
         f"```{{code-cell}} ipython3\n{long}\nshort\n```\n\n"
         f"```{{code-cell}} ipython3\n---\ntags: [remove-input]\n---\n{long}_hidden\n```\n\n"
+        f"```{{code-cell}} ipython3\n:tags: [remove-cell]\n{long}_removed\n```\n\n"
         f"```{{solution-start}} ex\n```\n\n```{{code-cell}} ipython3\n{long}_solution\n```\n\n```{{solution-end}}\n```\n"
     )
     assert printed_code_lines(source) == [long]
