@@ -105,7 +105,7 @@ class PeriodicEmbedding(nn.Module):
     """
 
     def forward(self, inputs: Tensor) -> Tensor:
-        """:math:`(\cos 2\pi x, \sin 2\pi x)` of ``inputs`` of shape :math:`(B, 1)`, shape :math:`(B, 2)`."""
+        r""":math:`(\cos 2\pi x, \sin 2\pi x)` of ``inputs`` of shape :math:`(B, 1)`, shape :math:`(B, 2)`."""
         if inputs.ndim != 2 or inputs.shape[1] != 1:
             raise ValueError(f"inputs must have shape (B, 1), got {tuple(inputs.shape)}")
         return torch.cat([torch.cos(2 * math.pi * inputs), torch.sin(2 * math.pi * inputs)], dim=1)
