@@ -6,6 +6,7 @@ Checked on the chapter sources, with the limits of the house style:
 * code cells of about 15 lines: the median cell at most 15 lines, none over 45;
 * a figure of the idea early: the first cell that draws a figure starts within the
   first 40 % of the source (before the derivation of a chapter that has one);
+* at least three exercises (STYLE.md, "A chapter", item 10);
 * the chapter closes with its generated verdict table: the last section is
   ``## Verdicts`` and holds the ``{verdict-table}`` directive.
 
@@ -29,6 +30,7 @@ MAX_CHARACTERS = 32_000
 MAX_MEDIAN_CELL = 15
 MAX_CELL = 45
 EARLY_FIGURE = 0.40
+MIN_EXERCISES = 3
 
 _CELL = re.compile(r"^```\{code-cell\}[^\n]*\n(.*?)^```[ \t]*$", re.M | re.S)
 _FIGURE = re.compile(r"plt\.(subplots|figure|plot|imshow)\(|\.subplots\(|plot_[a-z_]+\(")
@@ -72,6 +74,9 @@ def problems(source: str) -> list[str]:
             f"the first figure starts at {figures[0] / len(source):.0%} of the source, "
             f"after the first {EARLY_FIGURE:.0%}"
         )
+    exercises = len(re.findall(r"^(`{3,}|:{3,})\{exercise\}", source, re.M))
+    if exercises < MIN_EXERCISES:
+        found.append(f"{exercises} exercises, fewer than {MIN_EXERCISES}")
     sections = list(_SECTION.finditer(source))
     if not sections or sections[-1].group(1) != "Verdicts" or "{verdict-table}" not in source[sections[-1].end() :]:
         found.append("the last section is not '## Verdicts' with the {verdict-table} directive")
@@ -88,6 +93,7 @@ _GOOD = (
     "# T\n\n```{code-cell} ipython3\nfig, ax = plt.subplots()\n```\n\ntext\n\n"
     "```{code-cell} ipython3\n---\ntags: [remove-cell]\n---\nx = 1\n```\n\n"
     + "words " * 40
+    + "\n\n```{exercise}\n:label: ex-a\n\nA.\n```\n" * 3
     + "\n\n## Verdicts\n\n```{verdict-table}\n```\n"
 )
 
@@ -111,6 +117,7 @@ def test_a_good_lecture_passes() -> None:
         (_GOOD.replace("fig, ax = plt.subplots()", "y = 2"), "no cell draws a figure"),
         ("words " * 400 + _GOOD, "the first figure starts"),
         (_GOOD.replace("## Verdicts", "## Exercises"), "the last section"),
+        (_GOOD.replace("```{exercise}", "```{note}", 1), "2 exercises, fewer than 3"),
         (_GOOD.replace("{verdict-table}", "{note}"), "the last section"),
     ],
 )

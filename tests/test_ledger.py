@@ -39,7 +39,7 @@ _CHECK = re.compile(r"^\s*assert\b|\b(?:judge|verdict|record_claim)\(", re.MULTI
 class Chapter:
     """What the ledger needs to know about one chapter source."""
 
-    name: str  # e.g. "book/03-explicit-regulariser"
+    name: str  # e.g. "book/05-explicit-regulariser"
     tagged: dict[str, list[str]] = field(default_factory=dict)  # claim id -> sources of its cells
     targets_before: dict[str, bool] = field(default_factory=dict)  # label -> precedes a tagged cell of its id
     targets: set[str] = field(default_factory=set)
