@@ -7,6 +7,8 @@ Checked on the chapter sources, with the limits of the house style:
 * a figure of the idea early: the first cell that draws a figure starts within the
   first 40 % of the source (before the derivation of a chapter that has one);
 * at least three exercises (STYLE.md, "A chapter", item 10);
+* every directive is closed before the next section heading (an unclosed
+  dropdown or figure swallows the sections after it without any error);
 * the chapter closes with its generated verdict table: the last section is
   ``## Verdicts`` and holds the ``{verdict-table}`` directive.
 
@@ -51,6 +53,24 @@ def cell_bodies(source: str) -> list[tuple[int, list[str]]]:
     return cells
 
 
+def unclosed_fences(source: str) -> list[int]:
+    """Line numbers of section headings (``## ``) that sit inside a directive or code fence."""
+    stack: list[str] = []
+    found = []
+    for number, line in enumerate(source.split("\n"), 1):
+        fence = re.match(r"^(`{3,}|:{3,})(.*)$", line)
+        if fence:
+            mark, info = fence.group(1), fence.group(2).strip()
+            if stack and not info and mark[0] == stack[-1][0] and len(mark) >= len(stack[-1]):
+                stack.pop()
+            elif not (stack and stack[-1].startswith("`") and info):  # a fence line inside code is text
+                stack.append(mark)
+        elif line.startswith("## ") and stack:
+            found.append(number)
+            stack = []
+    return found
+
+
 def problems(source: str) -> list[str]:
     """What keeps ``source`` from being a one-sitting lecture (empty if nothing)."""
     found = []
@@ -77,6 +97,8 @@ def problems(source: str) -> list[str]:
     exercises = len(re.findall(r"^(`{3,}|:{3,})\{exercise\}", source, re.M))
     if exercises < MIN_EXERCISES:
         found.append(f"{exercises} exercises, fewer than {MIN_EXERCISES}")
+    for number in unclosed_fences(source):
+        found.append(f"the heading at line {number} sits inside an unclosed directive")
     sections = list(_SECTION.finditer(source))
     if not sections or sections[-1].group(1) != "Verdicts" or "{verdict-table}" not in source[sections[-1].end() :]:
         found.append("the last section is not '## Verdicts' with the {verdict-table} directive")
@@ -118,6 +140,8 @@ def test_a_good_lecture_passes() -> None:
         ("words " * 400 + _GOOD, "the first figure starts"),
         (_GOOD.replace("## Verdicts", "## Exercises"), "the last section"),
         (_GOOD.replace("```{exercise}", "```{note}", 1), "2 exercises, fewer than 3"),
+        (_GOOD.replace("\n\n## Verdicts", "\n\n```{admonition} Note\n:class: dropdown\n\ntext\n\n## Verdicts"),
+         "inside an unclosed directive"),
         (_GOOD.replace("{verdict-table}", "{note}"), "the last section"),
     ],
 )
