@@ -147,3 +147,14 @@ def test_a_good_lecture_passes() -> None:
 )
 def test_each_rule_catches_its_breach(broken: str, message: str) -> None:
     assert any(message in problem for problem in problems(broken)), problems(broken)
+
+
+def test_the_syllabus_assigns_every_exercise_and_only_real_ones() -> None:
+    """Each exercise label of the chapters appears in the syllabus's weeks, and each one there exists."""
+    labels = set()
+    for chapter in CHAPTERS:
+        labels |= set(re.findall(r"^:label: (ex-[\w-]+)$", chapter.read_text(encoding="utf-8"), re.M))
+    assert len(labels) >= 3 * len(CHAPTERS)
+    listed = set(re.findall(r"\{ref\}`(ex-[\w-]+)`", (REPO / "book" / "syllabus.md").read_text(encoding="utf-8")))
+    assert not labels - listed, f"exercises the syllabus does not assign: {sorted(labels - listed)}"
+    assert not listed - labels, f"the syllabus names exercises that do not exist: {sorted(listed - labels)}"
