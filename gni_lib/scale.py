@@ -1,28 +1,40 @@
-"""Quick or paper-sized experiments: ``GNI_SCALE=quick|paper``.
+"""Quick, large or paper-sized experiments: ``GNI_SCALE=quick|large|paper``.
 
 Every chapter runs a *quick* preset by default, sized so that the whole chapter
 executes in under a minute on a 2-core CPU. ``GNI_SCALE=paper`` selects the
-settings of the source papers, meant for a GPU. Chapters pick their sizes with
-:func:`by_scale`, so the two presets sit side by side in the page.
+settings of the source papers, meant for a GPU. ``GNI_SCALE=large`` is what
+``make results`` runs on a CPU when no accelerator is lent: for each size a
+chapter gives it, the largest that fits a run of about an hour; a size given no
+``large`` value stays at its quick value. Chapters pick their sizes with
+:func:`by_scale`, so the presets sit side by side in the page.
+
+Each call of :func:`by_scale` is remembered with the line that made it, the value
+it returned and the paper's value; :func:`settings` lists them, so that a
+recorded run can say which of its sizes are the paper's and which are not.
 """
 
 from __future__ import annotations
 
+import linecache
 import os
-from typing import TypeVar
+import sys
+from typing import Any, TypeVar
 
-__all__ = ["get_scale", "by_scale", "SCALE_ENV_VAR", "SCALES"]
+__all__ = ["get_scale", "by_scale", "settings", "SCALE_ENV_VAR", "SCALES"]
 
 #: Environment variable that selects the preset.
 SCALE_ENV_VAR = "GNI_SCALE"
 #: The presets, the first being the default.
-SCALES = ("quick", "paper")
+SCALES = ("quick", "large", "paper")
 
 T = TypeVar("T")
 
+_MISSING: Any = object()
+_SETTINGS: dict[str, dict[str, Any]] = {}
+
 
 def get_scale() -> str:
-    """Return ``"quick"`` (the default) or ``"paper"``, from ``GNI_SCALE``.
+    """Return ``"quick"`` (the default), ``"large"`` or ``"paper"``, from ``GNI_SCALE``.
 
     Raises:
         ValueError: if ``GNI_SCALE`` is set to another value.
@@ -35,10 +47,41 @@ def get_scale() -> str:
     return value
 
 
-def by_scale(*, quick: T, paper: T) -> T:
-    """Return ``quick`` or ``paper`` according to :func:`get_scale`.
+def _caller_line() -> str:
+    frame = sys._getframe(2)
+    line = linecache.getline(frame.f_code.co_filename, frame.f_lineno).strip()
+    return line or f"{frame.f_code.co_filename}:{frame.f_lineno}"
+
+
+def by_scale(*, quick: T, paper: T, large: T = _MISSING) -> T:
+    """Return ``quick``, ``large`` or ``paper`` according to :func:`get_scale`.
+
+    ``large`` defaults to ``quick``: a size that a chapter does not enlarge for
+    the CPU run keeps its quick value there, never the paper's by accident.
 
     Example:
-        ``steps = by_scale(quick=2_000, paper=60_000)``
+        ``steps = by_scale(quick=2_000, large=10_000, paper=60_000)``
     """
-    return paper if get_scale() == "paper" else quick
+    scale = get_scale()
+    if large is _MISSING:
+        large = quick
+    value = {"quick": quick, "large": large, "paper": paper}[scale]
+    _SETTINGS[_caller_line()] = {"value": value, "paper": paper, "is_paper": _same(value, paper)}
+    return value
+
+
+def _same(a: object, b: object) -> bool:
+    try:
+        return bool(a == b)
+    except Exception:  # an array compares element-wise: then they are not one setting
+        return a is b
+
+
+def settings() -> list[dict[str, Any]]:
+    """The sizes chosen so far in this process, one entry per line that called :func:`by_scale`.
+
+    Each entry: ``line`` (the source line), ``value`` (what it returned), ``paper``
+    (the paper preset's value) and ``is_paper`` (whether the two are equal), in the
+    order the lines first ran.
+    """
+    return [{"line": line, **entry} for line, entry in _SETTINGS.items()]

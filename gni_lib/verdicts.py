@@ -35,7 +35,7 @@ import torch
 
 from .stats import mean_and_se, t_interval
 
-__all__ = ["VERDICTS", "Judgement", "verdict", "judge", "combine", "joint_verdict", "record_claim", "verdict_key", "ledger_key"]
+__all__ = ["VERDICTS", "Judgement", "verdict", "judge", "combine", "joint_verdict", "record_claim", "claim_result", "verdict_key", "ledger_key", "result_key"]
 
 #: The four verdicts, in the order the ledger counts them.
 VERDICTS = ("holds", "holds approximately", "did not reproduce", "inconclusive")
@@ -263,24 +263,100 @@ def _check_claim_id(claim_id: object) -> None:
         raise ValueError(f"claim_id must look like 'paper.claim', got {claim_id!r}")
 
 
-def record_claim(claim_id: str, verdict_text: str, measured: str) -> None:
-    """Glue a claim's verdict and its one-line measured summary for the claims ledger.
+def result_key(claim_id: str) -> str:
+    """The glue key of a claim's full result: ``result_`` and the id with dots as underscores."""
+    _check_claim_id(claim_id)
+    return "result_" + claim_id.replace(".", "_")
 
-    Stores ``verdict_text`` under :func:`verdict_key` and ``measured`` under
-    :func:`ledger_key`, with myst-nb's ``glue`` (nothing is displayed). Call it
-    once per claim, in the chapter that checks the claim.
+
+def _evidence_intervals(evidence: object) -> tuple[list[list[float]], int | None, float | None]:
+    """Intervals, seeds and level from a Judgement, a (low, high) pair, or a sequence of either."""
+    if evidence is None:
+        return [], None, None
+    if isinstance(evidence, Judgement):
+        return [[evidence.low, evidence.high]], evidence.n, evidence.level
+    if isinstance(evidence, (tuple, list)) and len(evidence) == 2 and all(
+        isinstance(v, numbers.Real) and not isinstance(v, bool) for v in evidence
+    ):
+        low, high = (float(v) for v in evidence)
+        if math.isnan(low) or math.isnan(high) or low > high:
+            raise ValueError(f"evidence must be an interval (low, high) with low <= high, got {evidence!r}")
+        return [[low, high]], None, None
+    if isinstance(evidence, (tuple, list)) and evidence:
+        intervals, seeds, level = [], set(), set()
+        for part in evidence:
+            found, n, lev = _evidence_intervals(part)
+            if not found or isinstance(part, (tuple, list)) and len(found) != 1:
+                raise TypeError(f"evidence must hold Judgements or (low, high) pairs, got {part!r}")
+            intervals += found
+            seeds.add(n)
+            level.add(lev)
+        return intervals, (seeds.pop() if len(seeds) == 1 else None), (level.pop() if len(level) == 1 else None)
+    raise TypeError(f"evidence must be a Judgement, a (low, high) pair or a sequence of them, got {evidence!r}")
+
+
+def claim_result(
+    claim_id: str, verdict_text: str, measured: str, *, evidence: object = None, seeds: int | None = None
+) -> dict:
+    """The record of one claim's check that :func:`record_claim` glues as JSON under :func:`result_key`.
+
+    Keys: ``claim``, ``verdict``, ``measured``, ``intervals`` (the intervals the
+    verdict was drawn from, ``[[low, high], ...]``, empty if none was given),
+    ``seeds`` and ``level`` (``None`` where unknown), ``scale`` (the preset, see
+    :mod:`gni_lib.scale`) and ``settings`` (:func:`gni_lib.scale.settings` at the call).
 
     Raises:
-        ValueError: if ``claim_id`` is malformed or ``verdict_text`` is not one of
-            :data:`VERDICTS`.
-        TypeError: if ``measured`` is not a non-empty string.
+        ValueError, TypeError: as :func:`record_claim`.
     """
+    from .scale import get_scale, settings
+
     _check_claim_id(claim_id)
     if verdict_text not in VERDICTS:
         raise ValueError(f"verdict_text must be one of {VERDICTS}, got {verdict_text!r}")
     if not isinstance(measured, str) or not measured.strip():
         raise TypeError(f"measured must be a non-empty string, got {measured!r}")
+    intervals, n, level = _evidence_intervals(evidence)
+    if seeds is not None:
+        if isinstance(seeds, bool) or not isinstance(seeds, numbers.Integral) or seeds < 1:
+            raise ValueError(f"seeds must be a positive integer, got {seeds!r}")
+        n = int(seeds)
+    return {
+        "claim": claim_id,
+        "verdict": verdict_text,
+        "measured": measured,
+        "intervals": intervals,
+        "seeds": n,
+        "level": level,
+        "scale": get_scale(),
+        "settings": settings(),
+    }
+
+
+def record_claim(
+    claim_id: str, verdict_text: str, measured: str, *, evidence: object = None, seeds: int | None = None
+) -> None:
+    """Glue a claim's verdict, its one-line measured summary and its full result for the claims ledger.
+
+    Stores ``verdict_text`` under :func:`verdict_key`, ``measured`` under
+    :func:`ledger_key` and the JSON of :func:`claim_result` under :func:`result_key`,
+    with myst-nb's ``glue`` (nothing is displayed). Call it once per claim, in the
+    chapter that checks the claim. ``make results`` reads the full result.
+
+    Args:
+        evidence: the interval(s) the verdict was drawn from: a :class:`Judgement`,
+            a ``(low, high)`` pair, or a sequence of either (a joint claim).
+        seeds: the number of seeds, where ``evidence`` does not carry it.
+
+    Raises:
+        ValueError: if ``claim_id`` is malformed, ``verdict_text`` is not one of
+            :data:`VERDICTS`, an interval has low > high, or ``seeds`` is not positive.
+        TypeError: if ``measured`` is not a non-empty string or ``evidence`` has another type.
+    """
+    import json
+
+    result = claim_result(claim_id, verdict_text, measured, evidence=evidence, seeds=seeds)
     from myst_nb import glue  # imported here: gni_lib needs myst-nb only inside a chapter
 
     glue(verdict_key(claim_id), verdict_text, display=False)
     glue(ledger_key(claim_id), measured, display=False)
+    glue(result_key(claim_id), json.dumps(result, default=repr, ensure_ascii=False), display=False)

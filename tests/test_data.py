@@ -166,6 +166,7 @@ from gni_lib.data import (  # noqa: E402
     diagonal_network_loss,
     load_diabetes_split,
     load_digits_split,
+    load_mnist1d_split,
     matrix_sensing,
     matrix_sensing_loss,
     quadratic_regression_hessian_trace,
@@ -395,6 +396,34 @@ def test_diabetes_split():
     torch.testing.assert_close(s.y_train.std(correction=0), torch.tensor(1.0, dtype=torch.float64), rtol=1e-12, atol=0)
     torch.testing.assert_close(s.x_train.std(dim=0, correction=0), torch.ones(10, dtype=torch.float64), rtol=1e-12, atol=0)
     assert not torch.equal(s.x_test.mean(dim=0), torch.zeros(10, dtype=torch.float64))  # test stats differ
+
+
+def test_mnist1d_split_is_generated_standardised_and_leaves_global_random_state_alone():
+    import random
+
+    import numpy as np
+
+    random.seed(5)
+    np.random.seed(5)
+    before = random.random(), np.random.rand()
+    random.seed(5)
+    np.random.seed(5)
+    s = load_mnist1d_split(0.2, samples=500, seed=0)
+    assert (random.random(), np.random.rand()) == before  # the package reseeds; we restore
+    assert s.x_train.shape == (400, 40) and s.x_test.shape == (100, 40)
+    assert torch.equal(torch.bincount(s.y_train, minlength=10) + torch.bincount(s.y_test, minlength=10),
+                       torch.full((10,), 50))
+    torch.testing.assert_close(s.x_train.mean(dim=0), torch.zeros(40, dtype=torch.float64), rtol=0, atol=1e-12)
+    torch.testing.assert_close(s.x_train.std(dim=0, correction=0), torch.ones(40, dtype=torch.float64),
+                               rtol=1e-12, atol=0)
+    other = load_mnist1d_split(0.2, samples=500, seed=1)
+    pooled = lambda t: torch.sort(torch.cat([t.y_train, t.y_test]))[0]  # noqa: E731
+    assert torch.equal(pooled(s), pooled(other))  # one data set, ...
+    assert not torch.equal(other.y_test, s.y_test)  # ... another split
+    with pytest.raises(ValueError, match="samples"):
+        load_mnist1d_split(samples=5)
+    with pytest.raises(ValueError, match="test_fraction"):
+        load_mnist1d_split(1.0)
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import math
 
 import numpy as np
@@ -10,7 +12,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gni_lib.verdicts import VERDICTS, judge, ledger_key, record_claim, verdict, verdict_key
+from gni_lib.verdicts import VERDICTS, claim_result, judge, ledger_key, record_claim, result_key, verdict, verdict_key
 
 POSITIVE = (0.0, math.inf)
 
@@ -124,10 +126,44 @@ def test_record_claim_glues_both_keys(monkeypatch: pytest.MonkeyPatch) -> None:
     glued = {}
     monkeypatch.setattr(myst_nb, "glue", lambda name, value, display=True: glued.update({name: (value, display)}))
     record_claim("camuto.fig4", "holds approximately", "ratio 0.4 [0.3, 0.5]")
+    result = glued.pop(result_key("camuto.fig4"))
     assert glued == {
         "verdict_camuto_fig4": ("holds approximately", False),
         "ledger_camuto_fig4": ("ratio 0.4 [0.3, 0.5]", False),
     }
+    assert result[1] is False
+    assert json.loads(result[0]) == claim_result("camuto.fig4", "holds approximately", "ratio 0.4 [0.3, 0.5]")
+
+
+def test_claim_result_carries_the_intervals_seeds_and_preset(monkeypatch: pytest.MonkeyPatch) -> None:
+    from gni_lib import scale
+
+    monkeypatch.setenv(scale.SCALE_ENV_VAR, "large")
+    steps = scale.by_scale(quick=10, large=20, paper=30)
+    judged = judge([0.1, 0.2, 0.3, 0.4], claim=POSITIVE)
+    result = claim_result("camuto.fig4", judged.verdict, "x", evidence=judged)
+    assert result["intervals"] == [[judged.low, judged.high]] and result["seeds"] == 4
+    assert result["level"] == 0.95 and result["scale"] == "large"
+    line = "steps = scale.by_scale(quick=10, large=20, paper=30)"
+    assert {"line": line, "value": steps, "paper": 30, "is_paper": False} in result["settings"]
+    joint = claim_result("camuto.fig4", "holds", "x", evidence=[(0.0, 1.0), judged], seeds=7)
+    assert joint["intervals"] == [[0.0, 1.0], [judged.low, judged.high]] and joint["seeds"] == 7
+    assert claim_result("camuto.fig4", "holds", "x")["intervals"] == []
+
+
+@pytest.mark.parametrize(
+    ("evidence", "seeds", "error", "match"),
+    [
+        ((2.0, 1.0), None, ValueError, "low <= high"),
+        ("0.1-0.2", None, TypeError, "evidence"),
+        ([[(0.0, 1.0), (1.0, 2.0)]], None, TypeError, "evidence"),
+        ((0.0, 1.0), 0, ValueError, "seeds"),
+        ((0.0, 1.0), True, ValueError, "seeds"),
+    ],
+)
+def test_claim_result_bad_evidence(evidence: object, seeds: object, error: type, match: str) -> None:
+    with pytest.raises(error, match=match):
+        claim_result("camuto.fig4", "holds", "x", evidence=evidence, seeds=seeds)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(
