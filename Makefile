@@ -8,6 +8,9 @@
 #   make bench          ratio benchmarks (benchmarks/RESULTS.md)
 #   make robustness     every chapter under five random streams: failing cells and verdicts
 #                       per stream (benchmarks/ROBUSTNESS.md); not part of make test
+#   make results        the chapters in RESULTS_CHAPTERS at a larger preset (paper on a GPU,
+#                       large on a CPU), every claim's result and the run's provenance into
+#                       book/results/paper.json (committed); not part of make test
 # GNI_SEED selects the random stream of every chapter (default 0). make test builds
 # the book at stream 0 and runs the chapters again under nbval at NBVAL_SEED, so
 # that every test run checks two streams.
@@ -25,11 +28,13 @@ PYTEST_FLAGS ?= --durations=10
 BOOK_SEED ?= 0
 NBVAL_SEED ?= 1
 ROBUSTNESS_STREAMS ?= 0 1 2 3 4
+# The chapters with a claim whose quick verdict is not "holds" (benchmarks/ROBUSTNESS.md).
+RESULTS_CHAPTERS ?= 02 05 06 07 10 13 16 17
 
 STUDENT   := _build/student
 PDF       := _build/pdf
 
-.PHONY: setup book book-student pdf test bench robustness clean
+.PHONY: setup book book-student pdf test bench robustness results clean
 
 setup: $(INSTALLED) $(MATHJAX)/tex-mml-chtml.js
 
@@ -73,6 +78,9 @@ bench: setup
 
 robustness: setup
 	$(PY) benchmarks/robustness.py --streams $(ROBUSTNESS_STREAMS)
+
+results: setup
+	$(PY) benchmarks/results.py --chapters $(RESULTS_CHAPTERS)
 
 clean:
 	rm -rf _build

@@ -14,7 +14,10 @@ the ledger can compute which rows went stale).
 
 Chapters not run keep their earlier record if there is one, else they are
 recorded as ``not run`` with ``--reason``; every claim of ``book/claims.yml``
-appears in the file. ``--out`` writes elsewhere (a pilot run).
+appears in the file. ``--out`` writes elsewhere (a pilot run); ``--scale quick``
+(pilots only) writes the raw results there without merging. ``--merge FILE ...``
+takes the chapters that were run from other files of the same schema (runs made
+side by side) into ``--out`` and runs nothing.
 """
 
 from __future__ import annotations
@@ -98,7 +101,7 @@ def run_chapter(stem: str, scale: str, timeout: int) -> dict:
     settings = max((c["settings"] for c in claims.values()), key=len, default=[])
     kind, name = _device()
     run = {
-        "status": "run", "scale": scale, "commit": _commit(), "date": _dt.date.today().isoformat(),
+        "status": "run", "scale": scale, "commit": _commit(stem), "date": _dt.date.today().isoformat(),
         "device": name, "torch": torch.__version__, "python": platform.python_version(),
         "threads": int(os.environ["OMP_NUM_THREADS"]) if kind == "cpu" else None,
         "wall_seconds": round(seconds, 1), "hashes": hashes, "failing_cells": failing, "settings": settings,
@@ -114,9 +117,10 @@ def _job(args: tuple[str, str, int]) -> dict:
     return result
 
 
-def _commit() -> str:
+def _commit(stem: str) -> str:
+    """HEAD, and whether the chapter or gni_lib differ from it (the hashes say exactly what ran)."""
     out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
-    dirty = subprocess.run(["git", "status", "--porcelain", "--", "book", "gni_lib"], cwd=REPO,
+    dirty = subprocess.run(["git", "status", "--porcelain", "--", f"book/{stem}.md", "gni_lib"], cwd=REPO,
                            capture_output=True, text=True).stdout.strip()
     return (out.stdout.strip() or "unknown") + (" (with uncommitted changes)" if dirty else "")
 
@@ -127,6 +131,7 @@ def merge(old: dict | None, results: list[dict], entries: list[dict], reason: st
     claims = dict(old["claims"]) if old else {}
     for result in results:
         chapters[result["chapter"]] = result["run"]
+        claims = {c: r for c, r in claims.items() if r["chapter"] != result["chapter"]}  # a rerun replaces all
         for claim, record in result["claims"].items():
             claims[claim] = {"chapter": result["chapter"], "status": "run",
                              **{k: record[k] for k in gni_results.CLAIM_FIELDS}}
@@ -148,15 +153,40 @@ def merge(old: dict | None, results: list[dict], entries: list[dict], reason: st
     }
 
 
+def _merge_files(files: list[Path], out: Path, entries: list[dict], reason: str) -> int:
+    ids = [e["id"] for e in entries]
+    results = []
+    for file in files:
+        data = gni_results.load(file, ids)
+        for stem, run in data["chapters"].items():
+            if run["status"] == "run":
+                claims = {c: r for c, r in data["claims"].items() if r["chapter"] == stem and r["status"] == "run"}
+                results.append({"chapter": stem, "run": run, "claims": claims})
+    old = gni_results.load(out) if out.exists() else None
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(merge(old, results, entries, reason), indent=1, ensure_ascii=False) + "\n",
+                   encoding="utf-8")
+    gni_results.load(out, ids)
+    print(f"merged {len(results)} chapter run(s) into {out}")
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--chapters", nargs="+", required=True, help="chapter name prefixes, e.g. 02 10")
-    parser.add_argument("--scale", choices=gni_results.SCALES, help="default: paper on an accelerator, else large")
+    parser.add_argument("--chapters", nargs="+", help="chapter name prefixes, e.g. 02 10")
+    parser.add_argument("--scale", choices=("quick", *gni_results.SCALES),
+                        help="default: paper on an accelerator, else large (quick: pilots, with --out)")
+    parser.add_argument("--merge", nargs="+", type=Path, help="files whose chapter runs to take into --out")
     parser.add_argument("--jobs", type=int, default=2, help="chapters executed at once")
     parser.add_argument("--timeout", type=int, default=3600, help="seconds a cell may take")
     parser.add_argument("--reason", default=DEFAULT_REASON, help="recorded for the chapters not run")
     parser.add_argument("--out", type=Path, default=OUTPUT)
     args = parser.parse_args()
+    entries = load_registry(BOOK / "claims.yml")
+    if args.merge:
+        return _merge_files(args.merge, args.out, entries, args.reason)
+    if not args.chapters:
+        parser.error("--chapters is needed unless --merge is given")
     stems = sorted(p.stem for p in BOOK.glob("[0-9][0-9]-*.md") if any(p.stem.startswith(x) for x in args.chapters))
     if not stems:
         raise SystemExit(f"no chapter matches {args.chapters}")
@@ -165,7 +195,11 @@ def main() -> int:
     scale = args.scale or ("paper" if _device()[0] == "cuda" else "large")
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
         results = list(pool.map(_job, [(s, scale, args.timeout) for s in stems]))
-    entries = load_registry(BOOK / "claims.yml")
+    if scale == "quick":
+        if args.out == OUTPUT:
+            parser.error("--scale quick is for pilots: give --out")
+        args.out.write_text(json.dumps(results, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+        return 0
     old = gni_results.load(args.out) if args.out.exists() else None
     data = merge(old, results, entries, args.reason)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -12,6 +12,12 @@ a verdict is computed (``gni_lib.verdicts``), never written down.
 ``chapter`` is that page (claim, what the paper says, what we measured, verdict),
 from the page's own glue. A page that checks no claim cannot have one.
 
+Both tables have a column "At larger scale": the verdict and measured result of the
+recorded run in ``book/results/paper.json`` (``make results``), with its preset,
+device, commit and date, marked stale where the chapter or gni_lib changed since
+(``gni_results.staleness``), or why the claim was not run. Below a chapter's table,
+a note names each claim whose recorded verdict differs from the one this build computed.
+
 The glued numbers live in the chapters, so the ledger page must be written again
 whenever a chapter is; ``env-get-outdated`` marks it outdated on every build (it is
 one cheap page). The same is done for the pages named in ``gni_always_reread``.
@@ -25,6 +31,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -35,6 +42,13 @@ from docutils.statemachine import StringList
 from sphinx.application import Sphinx
 from sphinx.errors import ExtensionError
 from sphinx.util.docutils import SphinxDirective
+
+if str(Path(__file__).parent) not in sys.path:  # the sibling module, also when loaded by file path
+    sys.path.insert(0, str(Path(__file__).parent))
+import gni_results  # noqa: E402
+
+#: The recorded larger-scale run (``make results``), relative to the source folder.
+RESULTS = "book/results/paper.json"
 
 #: The verdicts a claim can have, in the order the ledger counts them (gni_lib.verdicts.VERDICTS).
 STATUSES = ("holds", "holds approximately", "did not reproduce", "inconclusive")
@@ -107,17 +121,24 @@ def checking_section(source_text: str, claim_id: str) -> str | None:
     return headings[-1] if headings else None
 
 
+def load_results(root: Path, entries: list[dict[str, str]]) -> tuple[dict | None, dict[str, list[str]]]:
+    """The recorded run (None if there is none) and, per chapter run, what changed since."""
+    data = gni_results.load(root / RESULTS, [entry["id"] for entry in entries])
+    return data, (gni_results.staleness(data, root) if data else {})
+
+
 def ledger_rows(entries: list[dict[str, str]], root: Path, ledger_doc: str) -> list[str]:
     """The ledger as a MyST ``list-table``, one row a claim.
 
-    Four columns, so that the table fits the page: the claim (id, linked to its
-    asserting cell, with the paper and the place in it), the statement (with the
-    note), the computed verdict (with the chapter that checks it), and the measured result.
+    Five columns: the claim (id, linked to its asserting cell, with the paper and
+    the place in it), the statement (with the note), the computed verdict (with the
+    chapter that checks it), the measured result, and the recorded larger-scale result.
     """
+    results, stale = load_results(root, entries)
     lines = [
         "```{list-table}",
         ":header-rows: 1",
-        ":widths: 24 36 16 24",
+        ":widths: 18 30 14 20 18",
         ":width: 100%",
         ":class: gni-ledger",
         "",
@@ -125,6 +146,7 @@ def ledger_rows(entries: list[dict[str, str]], root: Path, ledger_doc: str) -> l
         "  - Statement",
         "  - Verdict",
         "  - Measured",
+        "  - At larger scale",
     ]
     ledger_dir = os.path.dirname(ledger_doc)
     for entry in entries:
@@ -147,6 +169,7 @@ def ledger_rows(entries: list[dict[str, str]], root: Path, ledger_doc: str) -> l
         lines.append(f"  - {statement}")
         lines += [f"  - {shown_status}", "", f"    in {checked}"]
         lines.append(f"  - {measured}")
+        lines.append(f"  - {gni_results.cell_text(claim_id, results, stale)}")
     lines.append("```")
     return lines
 
@@ -190,23 +213,30 @@ class ClaimsLedgerDirective(SphinxDirective):
         except ValueError as error:
             raise self.error(str(error)) from error
         glue_folder = Path(self.env.mystnb_config.output_folder)
+        self.env.note_dependency(str(root / RESULTS))
         lines = [summary_line(entries, read_verdicts(glue_folder, entries)), ""]
-        lines += ledger_rows(entries, root, self.env.docname)
+        try:
+            lines += ledger_rows(entries, root, self.env.docname)
+        except ValueError as error:
+            raise self.error(str(error)) from error
         container = nodes.container(classes=["gni-claims-ledger"])
         self.state.nested_parse(StringList(lines, source=str(registry)), self.content_offset, container)
         return [container]
 
 
-def verdict_rows(entries: list[dict[str, str]]) -> list[str]:
-    """A chapter's closing verdict table as a MyST ``list-table``: claim, paper, measured, verdict.
+def verdict_rows(
+    entries: list[dict[str, str]], results: dict | None = None, stale: dict[str, list[str]] | None = None
+) -> list[str]:
+    """A chapter's closing verdict table as a MyST ``list-table``: claim, paper, measured, verdict, larger scale.
 
     The measured result and the verdict are the chapter's own glued ``ledger_<id>`` and
-    ``verdict_<id>``, so the table shows what this execution computed.
+    ``verdict_<id>``, so the table shows what this execution computed; the last column
+    is the recorded larger-scale run (:func:`gni_results.cell_text`).
     """
     lines = [
         "```{list-table}",
         ":header-rows: 1",
-        ":widths: 20 40 28 12",
+        ":widths: 16 30 24 11 19",
         ":width: 100%",
         ":class: gni-verdicts",
         "",
@@ -214,6 +244,7 @@ def verdict_rows(entries: list[dict[str, str]]) -> list[str]:
         "  - What the paper says",
         "  - What we measured",
         "  - Verdict",
+        "  - At larger scale",
     ]
     for entry in entries:
         claim_id = entry["id"]
@@ -224,9 +255,51 @@ def verdict_rows(entries: list[dict[str, str]]) -> list[str]:
             f"  - {entry['statement']}",
             f"  - {{glue:text}}`{glue_key(claim_id)}:s`",
             f"  - {{glue:text}}`{verdict_key(claim_id)}:s`",
+            f"  - {gni_results.cell_text(claim_id, results, stale or {})}",
         ]
     lines.append("```")
     return lines
+
+
+def changed_with_scale(
+    entries: list[dict[str, str]], quick: dict[str, str | None], results: dict | None, stale: dict[str, list[str]]
+) -> list[str]:
+    """A MyST note naming each claim whose recorded larger-scale verdict differs from this build's."""
+    items = []
+    for entry in entries:
+        claim_id = entry["id"]
+        record = (results or {}).get("claims", {}).get(claim_id)
+        if not record or record["status"] != "run" or quick.get(claim_id) in (None, record["verdict"]):
+            continue
+        run = results["chapters"][record["chapter"]]
+        off = gni_results.settings_off_paper(record["settings"])
+        sizes = ("at the paper's settings" if not off else
+                 f"at the {run['scale']} preset, where these sizes differ from the paper's: "
+                 + "; ".join(f"`` {line} ``" for line in off))
+        items.append(
+            f"- **{claim_id}**: {record['verdict']} at larger scale, {quick[claim_id]} at the quick preset of this "
+            f"page. The recorded run measured {gni_results.escape(record['measured'])}, {sizes}; "
+            f"{gni_results.escape(run['device'])}, "
+            f"commit {run['commit']}, {run['date']}, {run['wall_seconds']:.0f} s for the whole lecture."
+            + (f" **Stale**: the {' and '.join(stale[record['chapter']])} changed since."
+               if stale.get(record["chapter"]) else "")
+        )
+    if not items:
+        return []
+    return ["", "```{admonition} The verdict changes with scale", ":class: warning", "", *items, "```"]
+
+
+def _page_verdicts(directive: SphinxDirective, entries: list[dict[str, str]]) -> dict[str, str | None]:
+    """The verdicts this page glued in this execution (myst-nb's client holds them while it renders)."""
+    renderer = directive.state.document.attributes.get("nb_renderer")
+    client = getattr(renderer, "nb_client", None)
+    glued = getattr(client, "glue_data", None) or {}
+    found: dict[str, str | None] = {}
+    for entry in entries:
+        value = glued.get(verdict_key(entry["id"]))
+        text = value.get("data", {}).get("text/plain") if isinstance(value, dict) else None
+        found[entry["id"]] = text.strip().strip("'\"") if isinstance(text, str) else None
+    return found
 
 
 class VerdictTableDirective(SphinxDirective):
@@ -248,8 +321,16 @@ class VerdictTableDirective(SphinxDirective):
                 f"verdict-table: no claim in {self.config.gni_claims_registry} names chapter "
                 f"{self.env.docname!r}; set the claims' chapter field, or remove the table"
             )
+        root = Path(self.env.srcdir)
+        self.env.note_dependency(str(root / RESULTS))
+        try:
+            results, stale = load_results(root, entries)
+        except ValueError as error:
+            raise self.error(str(error)) from error
+        lines = verdict_rows(mine, results, stale)
+        lines += changed_with_scale(mine, _page_verdicts(self, mine), results, stale)
         container = nodes.container(classes=["gni-verdict-table"])
-        self.state.nested_parse(StringList(verdict_rows(mine), source=str(registry)), self.content_offset, container)
+        self.state.nested_parse(StringList(lines, source=str(registry)), self.content_offset, container)
         return [container]
 
 

@@ -152,16 +152,23 @@ def settings_off_paper(settings: list[dict[str, Any]]) -> list[str]:
     return [f"{s['line']} → {s['value']!r} (paper: {s['paper']!r})" for s in settings if not s.get("is_paper")]
 
 
+def escape(text: str) -> str:
+    """Text from a run, safe inside MyST: characters that would start markup are escaped."""
+    for char in "\\`*_$[]<>{}|":
+        text = text.replace(char, "\\" + char)
+    return text
+
+
 def cell_text(claim: str, data: dict[str, Any] | None, stale: dict[str, list[str]]) -> str:
     """The ledger's "larger scale" cell for one claim: verdict, numbers and provenance, or why not run."""
     if data is None or claim not in data["claims"]:
         return "not run: no recorded run (`make results`)"
     record = data["claims"][claim]
     if record["status"] != "run":
-        return f"not run: {record['reason']}"
+        return f"not run: {escape(record['reason'])}"
     run = data["chapters"][record["chapter"]]
     sizes = "paper settings" if not settings_off_paper(record["settings"]) else f"{run['scale']} preset, not the paper's sizes"
-    text = (f"**{record['verdict']}**: {record['measured']} ({sizes}; {run['device']}, "
+    text = (f"**{record['verdict']}**: {escape(record['measured'])} ({sizes}; {escape(run['device'])}, "
             f"commit {run['commit']}, {run['date']})")
     changed = stale.get(record["chapter"], [])
     if changed:
