@@ -291,9 +291,11 @@ def changed_with_scale(
 
 def _page_verdicts(directive: SphinxDirective, entries: list[dict[str, str]]) -> dict[str, str | None]:
     """The verdicts this page glued in this execution (myst-nb's client holds them while it renders)."""
-    renderer = directive.state.document.attributes.get("nb_renderer")
-    client = getattr(renderer, "nb_client", None)
-    glued = getattr(client, "glue_data", None) or {}
+    element_renderer = directive.state.document.attributes.get("nb_renderer")
+    try:
+        glued = element_renderer.renderer.nb_client.glue_data or {}
+    except (AttributeError, KeyError):  # not a notebook page
+        glued = {}
     found: dict[str, str | None] = {}
     for entry in entries:
         value = glued.get(verdict_key(entry["id"]))

@@ -36,6 +36,9 @@ def digest(root: Path, paths: list[Path]) -> str:
     """A short SHA-256 of the files (folders: their ``*.py``), their paths relative to ``root`` included."""
     h = hashlib.sha256()
     for path in paths:
+        if not path.exists():
+            h.update(b"missing\0" + str(path.relative_to(root)).encode() + b"\0")
+            continue
         files = sorted(path.rglob("*.py")) if path.is_dir() else [path]
         for file in files:
             if "__pycache__" in file.parts:
