@@ -79,6 +79,7 @@ def run_chapter(stem: str, scale: str, timeout: int) -> dict:
 
     path = BOOK / f"{stem}.md"
     hashes = gni_results.source_hashes(REPO, stem)  # before the run: what it ran on
+    commit = _commit(stem)
     notebook = jupytext.read(path)
     os.environ.update({"GNI_SCALE": scale, "GNI_SEED": "0"})
     client = NotebookClient(notebook, timeout=timeout, allow_errors=True, kernel_name="python3",
@@ -101,7 +102,7 @@ def run_chapter(stem: str, scale: str, timeout: int) -> dict:
     settings = max((c["settings"] for c in claims.values()), key=len, default=[])
     kind, name = _device()
     run = {
-        "status": "run", "scale": scale, "commit": _commit(stem), "date": _dt.date.today().isoformat(),
+        "status": "run", "scale": scale, "commit": commit, "date": _dt.date.today().isoformat(),
         "device": name, "torch": torch.__version__, "python": platform.python_version(),
         "threads": int(os.environ["OMP_NUM_THREADS"]) if kind == "cpu" else None,
         "wall_seconds": round(seconds, 1), "hashes": hashes, "failing_cells": failing, "settings": settings,
@@ -125,7 +126,7 @@ def _commit(stem: str) -> str:
     return (out.stdout.strip() or "unknown") + (" (with uncommitted changes)" if dirty else "")
 
 
-def merge(old: dict | None, results: list[dict], entries: list[dict], reason: str) -> dict:
+def merge(old: dict | None, results: list[dict], entries: list[dict], reason: str, note: str | None = None) -> dict:
     """The new file: fresh records for the chapters run, earlier ones kept, ``not run`` for the rest."""
     chapters = dict(old["chapters"]) if old else {}
     claims = dict(old["claims"]) if old else {}
@@ -145,15 +146,19 @@ def merge(old: dict | None, results: list[dict], entries: list[dict], reason: st
                 why = chapters[stem]["reason"]
             claims[entry["id"]] = {"chapter": stem, "status": "not run", "reason": why}
     known = {e["id"] for e in entries}
+    notes = list(old.get("notes", [])) if old else []
+    if note and note not in notes:
+        notes.append(note)
     return {
         "schema": gni_results.SCHEMA,
         "about": "written by make results (benchmarks/results.py); staleness is computed by the build",
+        "notes": notes,
         "chapters": dict(sorted(chapters.items())),
         "claims": {k: claims[k] for k in sorted(claims) if k in known},
     }
 
 
-def _merge_files(files: list[Path], out: Path, entries: list[dict], reason: str) -> int:
+def _merge_files(files: list[Path], out: Path, entries: list[dict], reason: str, note: str | None) -> int:
     ids = [e["id"] for e in entries]
     results = []
     for file in files:
@@ -164,7 +169,7 @@ def _merge_files(files: list[Path], out: Path, entries: list[dict], reason: str)
                 results.append({"chapter": stem, "run": run, "claims": claims})
     old = gni_results.load(out) if out.exists() else None
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(merge(old, results, entries, reason), indent=1, ensure_ascii=False) + "\n",
+    out.write_text(json.dumps(merge(old, results, entries, reason, note), indent=1, ensure_ascii=False) + "\n",
                    encoding="utf-8")
     gni_results.load(out, ids)
     print(f"merged {len(results)} chapter run(s) into {out}")
@@ -181,10 +186,11 @@ def main() -> int:
     parser.add_argument("--timeout", type=int, default=3600, help="seconds a cell may take")
     parser.add_argument("--reason", default=DEFAULT_REASON, help="recorded for the chapters not run")
     parser.add_argument("--out", type=Path, default=OUTPUT)
+    parser.add_argument("--note", help="a sentence on how this run was made, kept in the file's notes")
     args = parser.parse_args()
     entries = load_registry(BOOK / "claims.yml")
     if args.merge:
-        return _merge_files(args.merge, args.out, entries, args.reason)
+        return _merge_files(args.merge, args.out, entries, args.reason, args.note)
     if not args.chapters:
         parser.error("--chapters is needed unless --merge is given")
     stems = sorted(p.stem for p in BOOK.glob("[0-9][0-9]-*.md") if any(p.stem.startswith(x) for x in args.chapters))
@@ -201,7 +207,7 @@ def main() -> int:
         args.out.write_text(json.dumps(results, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
         return 0
     old = gni_results.load(args.out) if args.out.exists() else None
-    data = merge(old, results, entries, args.reason)
+    data = merge(old, results, entries, args.reason, args.note)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     gni_results.load(args.out, [e["id"] for e in entries])  # what was written passes the schema
