@@ -30,12 +30,13 @@ import os
 import platform
 import subprocess
 import sys
-import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "book" / "_ext"))
+sys.path.insert(0, str(Path(__file__).parent))
+import notebooks  # noqa: E402
 import gni_results  # noqa: E402
 from gni_ledger import load_registry  # noqa: E402
 
@@ -73,41 +74,27 @@ def _device() -> tuple[str, str]:
 
 def run_chapter(stem: str, scale: str, timeout: int) -> dict:
     """Execute one chapter at ``scale``; return its run record and the claims it glued."""
-    import jupytext
     import torch
-    from nbclient import NotebookClient
 
     path = BOOK / f"{stem}.md"
     hashes = gni_results.source_hashes(REPO, stem)  # before the run: what it ran on
     commit = _commit(stem)
-    notebook = jupytext.read(path)
-    os.environ.update({"GNI_SCALE": scale, "GNI_SEED": "0"})
-    client = NotebookClient(notebook, timeout=timeout, allow_errors=True, kernel_name="python3",
-                            resources={"metadata": {"path": str(BOOK)}})
-    start = time.perf_counter()
-    crashed = None
-    try:
-        client.execute()
-    except Exception as error:  # a dead kernel or a timeout: record it
-        crashed = f"{type(error).__name__}: {str(error).splitlines()[0][:200] if str(error) else ''}"
-    seconds = time.perf_counter() - start
-    failing = []
-    for index, cell in enumerate(c for c in notebook.cells if c.cell_type == "code"):
-        for output in cell.get("outputs", []):
-            if output.get("output_type") == "error":
-                failing.append(f"code cell {index + 1}: {output['ename']}: {output['evalue'][:200]}")
-    if crashed:
-        failing.append(crashed)
-    claims = _glued_results(notebook)
+    run = notebooks.execute(path, {"GNI_SCALE": scale, "GNI_SEED": "0"}, timeout)
+    failing = [f"code cell {f['cell']}: {f['error']}" for f in run["failing"]]
+    if run["unexecuted"]:
+        failing.append(f"{run['unexecuted']} code cell(s) never ran")
+    if run["crashed"]:
+        failing.append(run["crashed"])
+    claims = _glued_results(run["notebook"])
     settings = max((c["settings"] for c in claims.values()), key=len, default=[])
     kind, name = _device()
-    run = {
+    record = {
         "status": "run", "scale": scale, "commit": commit, "date": _dt.date.today().isoformat(),
         "device": name, "torch": torch.__version__, "python": platform.python_version(),
         "threads": int(os.environ["OMP_NUM_THREADS"]) if kind == "cpu" else None,
-        "wall_seconds": round(seconds, 1), "hashes": hashes, "failing_cells": failing, "settings": settings,
+        "wall_seconds": round(run["seconds"], 1), "hashes": hashes, "failing_cells": failing, "settings": settings,
     }
-    return {"chapter": stem, "run": run, "claims": claims}
+    return {"chapter": stem, "run": record, "claims": claims}
 
 
 def _job(args: tuple[str, str, int]) -> dict:
@@ -188,6 +175,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=OUTPUT)
     parser.add_argument("--note", help="a sentence on how this run was made, kept in the file's notes")
     args = parser.parse_args()
+    notebooks.stop_children_on_signal()
     entries = load_registry(BOOK / "claims.yml")
     if args.merge:
         return _merge_files(args.merge, args.out, entries, args.reason, args.note)

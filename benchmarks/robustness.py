@@ -26,11 +26,13 @@ import json
 import os
 import subprocess
 import sys
-import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).parent))
+import notebooks  # noqa: E402
+
 BOOK = REPO / "book"
 CACHE = REPO / "_build" / "robustness"
 OUTPUT = REPO / "benchmarks" / "ROBUSTNESS.md"
@@ -75,50 +77,29 @@ def _glued(output: dict) -> tuple[str, str] | None:
 
 def run_chapter(chapter: str, stream: int, timeout: int) -> dict:
     """Execute one chapter at one stream; return its failing cells, verdicts and time."""
-    import jupytext
-    from nbclient import NotebookClient
-
     path = Path(chapter)
-    notebook = jupytext.read(path)
-    os.environ["GNI_SEED"] = str(stream)
-    client = NotebookClient(
-        notebook,
-        timeout=timeout,
-        allow_errors=True,
-        kernel_name="python3",
-        resources={"metadata": {"path": str(path.parent)}},
-    )
-    start = time.perf_counter()
-    try:
-        client.execute()
-        crashed = None
-    except Exception as error:  # a dead kernel or a timeout: record it, keep going
-        crashed = f"{type(error).__name__}: {str(error).splitlines()[0][:200] if str(error) else ''}"
-    seconds = time.perf_counter() - start
-    failing, verdicts = [], {}
-    code_index = 0
-    for cell in notebook.cells:
-        if cell.cell_type != "code":
-            continue
-        code_index += 1
+    run = notebooks.execute(path, {"GNI_SEED": str(stream)}, timeout)
+    verdicts = {}
+    for cell in run["notebook"].cells:
         for output in cell.get("outputs", []):
-            if output.get("output_type") == "error":
-                first = cell.source.splitlines()[0] if cell.source else ""
-                failing.append(
-                    {"cell": code_index, "first_line": first[:80], "error": f"{output['ename']}: {output['evalue'][:200]}"}
-                )
             glued = _glued(output)
             if glued and glued[0].startswith("verdict_"):
                 verdicts[glued[0][len("verdict_"):]] = glued[1]
     return {
         "chapter": path.stem,
         "stream": stream,
-        "seconds": round(seconds, 1),
-        "failing": failing,
-        "crashed": crashed,
+        "seconds": round(run["seconds"], 1),
+        "failing": run["failing"],
+        "crashed": run["crashed"],
+        "unexecuted": run["unexecuted"],
         "verdicts": verdicts,
         "source_key": source_key(path),
     }
+
+
+def bad_cells(result: dict) -> int:
+    """Cells that raised, plus those that never ran (at least one if the run crashed)."""
+    return len(result["failing"]) + max(result.get("unexecuted", 0), 1 if result["crashed"] else 0)
 
 
 def _job(args: tuple[str, int, int]) -> dict:
@@ -126,7 +107,7 @@ def _job(args: tuple[str, int, int]) -> dict:
     result = run_chapter(chapter, stream, timeout)
     CACHE.mkdir(parents=True, exist_ok=True)
     (CACHE / f"{result['chapter']}--{stream}.json").write_text(json.dumps(result, indent=1))
-    status = "ok" if not result["failing"] and not result["crashed"] else f"{len(result['failing'])} failing"
+    status = "ok" if not bad_cells(result) else f"{bad_cells(result)} failing or not run"
     print(f"{result['chapter']} stream {stream}: {status}, {result['seconds']} s", flush=True)
     return result
 
@@ -156,8 +137,8 @@ def write_table(streams: list[int], jobs: int) -> str:
         "",
         "## Failing cells per chapter and stream",
         "",
-        "Each entry: failing cells, and the chapter's execution time in seconds (kernel start",
-        f"included; {jobs} chapter(s) ran at once on {os.cpu_count()} cores"
+        "Each entry: failing cells (with those that never ran), and the chapter's execution time",
+        f"in seconds (kernel start included; {jobs} chapter(s) ran at once on {os.cpu_count()} cores"
         + (", so times are upper bounds)." if jobs > 1 else ")."),
         "*stale*: the run was of an older chapter or library than the current one.",
         "",
@@ -172,7 +153,7 @@ def write_table(streams: list[int], jobs: int) -> str:
             if r is None:
                 row.append("not run")
                 continue
-            failing = len(r["failing"]) + (1 if r["crashed"] else 0)
+            failing = bad_cells(r)
             total_failing += failing
             stale = r["source_key"] != current[chapter]
             stale_runs += stale
@@ -216,6 +197,7 @@ def main() -> int:
     parser.add_argument("--timeout", type=int, default=900, help="seconds a cell may take")
     parser.add_argument("--table-only", action="store_true", help="rebuild the table from earlier runs")
     args = parser.parse_args()
+    notebooks.stop_children_on_signal()
     if not args.table_only:
         jobs = [(str(c), s, args.timeout) for s in args.streams for c in chapters(args.chapters)]
         if args.jobs > 1:
