@@ -22,7 +22,7 @@ Small modules, one concept each, readable next to the equations they implement:
 * :mod:`gni_lib.train`: the training loop the chapters share (:func:`gni_lib.train.train`);
 * :mod:`gni_lib.ensemble`: many models trained at once with ``torch.func.vmap``;
 * :mod:`gni_lib.perturbation`: models and variance of gradients at a perturbed point (Orvieto et al., 2023);
-* :mod:`gni_lib.proximal`: reference solvers: lasso-type proximal steps, group lasso, nuclear-norm regression;
+* :mod:`gni_lib.proximal`: reference solvers: the group lasso, and singular-value thresholding for nuclear-norm regression;
 * :mod:`gni_lib.stats`: standard errors, intervals over seeds and log-log slopes for the asserts;
 * :mod:`gni_lib.verdicts`: the verdict on an empirical claim, computed from an interval, and its glue for the ledger;
 * :mod:`gni_lib.data`: generated problems and scikit-learn's bundled sets; nothing is downloaded.
@@ -68,7 +68,7 @@ from .penalties import (
     jacobian_penalty,
     per_example_jacobians,
 )
-from .proximal import group_lasso, nuclear_norm_regression, singular_value_threshold, soft_threshold
+from .proximal import group_lasso, singular_value_threshold
 from .regularisers import explicit_regularizer, second_order_term
 from .scale import by_scale, get_scale
 from .seeding import get_stream, make_generator, spawn_generators, stream_seed
@@ -138,10 +138,8 @@ __all__ = [
     "perturbed_gradient_variance",
     "balanced_factors",
     "orthonormal_design",
-    "soft_threshold",
     "singular_value_threshold",
     "group_lasso",
-    "nuclear_norm_regression",
     "regression_1d",
     "grid_1d",
 ]

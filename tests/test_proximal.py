@@ -1,4 +1,8 @@
-"""Tests for gni_lib.proximal: closed-form cases, scikit-learn's lasso, and optimality conditions."""
+"""Tests for gni_lib.proximal: closed-form cases, scikit-learn's lasso, and optimality conditions.
+
+The optimality (KKT) checks and the block soft threshold below are test oracles,
+written here independently of the solver.
+"""
 
 from __future__ import annotations
 
@@ -10,32 +14,60 @@ import torch
 from _shared import DEVICES, one_thread, seeded_generator  # noqa: F401
 from sklearn.linear_model import Lasso
 
-from gni_lib.proximal import (
-    group_index,
-    group_lasso,
-    group_lasso_kkt_violation,
-    group_soft_threshold,
-    nuclear_norm_kkt_violation,
-    nuclear_norm_regression,
-    singular_value_threshold,
-    soft_threshold,
-)
+import gni_lib.proximal as proximal
+from gni_lib.proximal import group_index, group_lasso, singular_value_threshold
 
 F64 = torch.float64
 
 
-def test_soft_threshold_by_hand():
-    z = torch.tensor([3.0, -0.5, 1.0, -2.0], dtype=F64)
-    assert torch.equal(soft_threshold(z, 1.0), torch.tensor([2.0, 0.0, 0.0, -1.0], dtype=F64))
+def group_soft_threshold(z, sizes, thresholds):
+    """(1 - tau_g / ||z_g||)_+ z_g, group by group (a zero group stays zero)."""
+    parts = []
+    for zg, tau in zip(z.split(sizes), thresholds):
+        norm = torch.linalg.vector_norm(zg).item()
+        parts.append(zg * max(1 - tau / norm, 0.0) if norm > 0 else zg)
+    return torch.cat(parts)
 
 
-def test_group_soft_threshold_by_hand():
-    # group 0 = (3, 4), norm 5, tau 1 -> scaled by 4/5; group 1 = (0.5,), tau 1 -> 0
-    z = torch.tensor([3.0, 4.0, 0.5], dtype=F64)
-    out = group_soft_threshold(z, [2, 1], [1.0, 1.0])
-    assert torch.allclose(out, torch.tensor([2.4, 3.2, 0.0], dtype=F64), atol=1e-15)
-    # zero group stays zero (no 0/0)
-    assert torch.equal(group_soft_threshold(torch.zeros(3, dtype=F64), [2, 1], [1.0, 1.0]), torch.zeros(3, dtype=F64))
+def group_lasso_kkt_violation(x, y, beta, sizes, lam, weights=None):
+    """The largest violation of the group lasso's optimality conditions, in the units of c = X^T (y - X beta) / n.
+
+    beta is optimal iff c_g = lam w_g beta_g / ||beta_g|| where beta_g != 0 and ||c_g|| <= lam w_g where beta_g = 0.
+    """
+    weights = [math.sqrt(s) for s in sizes] if weights is None else weights
+    c = x.T @ (y - x @ beta) / x.shape[0]
+    worst = 0.0
+    for cg, bg, w in zip(c.split(sizes), beta.split(sizes), weights):
+        norm = torch.linalg.vector_norm(bg).item()
+        if norm > 0:
+            worst = max(worst, torch.linalg.vector_norm(cg - lam * w * bg / norm).item())
+        else:
+            worst = max(worst, torch.linalg.vector_norm(cg).item() - lam * w)
+    return worst
+
+
+def nuclear_norm_kkt_violation(x, y, b, lam, rank_tol=1e-9):
+    """The largest violation of the optimality conditions of min_B ||Y - X B^T||^2 / 2n + lam ||B||_*.
+
+    With C = (Y - X B^T)^T X / n and the compact SVD B = U_r S V_r^T, B is optimal iff
+    C = lam (U_r V_r^T + W) with U_r^T W = 0, W V_r = 0 and ||W||_2 <= 1.
+    """
+    c = (y - x @ b.T).T @ x / x.shape[0]
+    u, s, vh = torch.linalg.svd(b, full_matrices=False)
+    r = int((s > rank_tol * max(s.max().item(), 1e-300)).sum().item())
+    ur, vr = u[:, :r], vh[:r].T
+    first = torch.linalg.matrix_norm(c @ vr - lam * ur).item() if r else 0.0
+    second = torch.linalg.matrix_norm(ur.T @ c - lam * vr.T).item() if r else 0.0
+    pu = torch.eye(c.shape[0], dtype=c.dtype) - ur @ ur.T
+    pv = torch.eye(c.shape[1], dtype=c.dtype) - vr @ vr.T
+    return max(first, second, torch.linalg.matrix_norm(pu @ c @ pv, ord=2).item() - lam, 0.0)
+
+
+def test_block_soft_threshold_by_hand():
+    # group 0 = (3, 4), norm 5, tau 1 -> scaled by 4/5; group 1 = (0.5,), tau 1 -> 0; a zero group stays 0 (no 0/0)
+    index, tau = group_index([2, 1, 2]), torch.tensor([1.0, 1.0, 1.0], dtype=F64)
+    out = proximal._block_shrink(torch.tensor([3.0, 4.0, 0.5, 0.0, 0.0], dtype=F64), index, tau)
+    assert torch.allclose(out, torch.tensor([2.4, 3.2, 0.0, 0.0, 0.0], dtype=F64), atol=1e-15)
 
 
 def test_group_index():
@@ -110,35 +142,18 @@ def test_group_lasso_kkt_on_correlated_design():
     assert group_lasso_kkt_violation(x, y, beta + 0.01, sizes, lam) > 1e-3
 
 
-def test_nuclear_norm_whitened_is_svt_and_kkt():
+def test_svt_solves_nuclear_norm_regression_for_whitened_inputs():
+    """Lecture 17's reference: for X^T X / n = I, SVT(Y^T X / n, lam) satisfies the optimality conditions."""
     g = seeded_generator(5)
     n, d, k = 40, 6, 4
     q, _ = torch.linalg.qr(torch.randn(n, d, generator=g, dtype=F64))
     x = q * math.sqrt(n)
     y = torch.randn(n, k, generator=g, dtype=F64)
-    lam = 0.15
-    b = nuclear_norm_regression(x, y, lam)
-    assert torch.allclose(b, singular_value_threshold(y.T @ x / n, lam), atol=1e-10)
-    assert nuclear_norm_kkt_violation(x, y, b, lam) < 1e-8
-
-
-def test_nuclear_norm_general_design_kkt_and_objective():
-    g = seeded_generator(6)
-    n, d, k = 30, 5, 4
-    x = torch.randn(n, d, generator=g, dtype=F64)
-    truth = torch.outer(torch.randn(d, generator=g, dtype=F64), torch.randn(k, generator=g, dtype=F64))  # rank 1
-    y = x @ truth + 0.5 * torch.randn(n, k, generator=g, dtype=F64)
-    lam = 0.6
-    b = nuclear_norm_regression(x, y, lam)
-    assert nuclear_norm_kkt_violation(x, y, b, lam) < 1e-7
-    assert nuclear_norm_kkt_violation(x, y, 1.1 * b, lam) > 1e-3
-
-    def objective(m):
-        return (y - x @ m.T).pow(2).sum() / (2 * n) + lam * torch.linalg.matrix_norm(m, ord="nuc")
-
-    assert torch.linalg.matrix_rank(b) < min(d, k)  # the penalty cuts the rank
-    for _ in range(20):
-        assert objective(b + 1e-3 * torch.randn(k, d, generator=g, dtype=F64)) >= objective(b) - 1e-12
+    lam = torch.linalg.svdvals(y.T @ x / n).median().item()  # half the singular values are cut
+    b = singular_value_threshold(y.T @ x / n, lam)
+    assert torch.linalg.matrix_rank(b) < min(d, k)  # the threshold cuts the rank
+    assert nuclear_norm_kkt_violation(x, y, b, lam) < 1e-10
+    assert nuclear_norm_kkt_violation(x, y, 1.1 * b, lam) > 1e-3  # the check can fail
 
 
 def test_zero_penalty_is_least_squares():
@@ -150,9 +165,9 @@ def test_zero_penalty_is_least_squares():
 def test_bad_inputs_name_the_argument():
     x, y = _problem(10, 4, seed=0)
     with pytest.raises(ValueError, match="tau"):
-        soft_threshold(x, -1.0)
-    with pytest.raises(TypeError, match="z"):
-        soft_threshold([1.0], 1.0)
+        singular_value_threshold(x, -1.0)
+    with pytest.raises(TypeError, match="m"):
+        singular_value_threshold([[1.0]], 1.0)
     with pytest.raises(ValueError, match="group_sizes"):
         group_lasso(x, y, [2, 1], 0.1)
     with pytest.raises(ValueError, match="group_sizes"):
@@ -167,9 +182,32 @@ def test_bad_inputs_name_the_argument():
         group_lasso(x.clone().fill_(float("nan")), y, [4], 0.1)
     with pytest.raises(ValueError, match="m"):
         singular_value_threshold(torch.ones(3, dtype=F64), 0.1)
-    with pytest.raises(ValueError, match="y"):
-        nuclear_norm_regression(x, y, 0.1)  # y must be (n, k)
-    with pytest.raises(ValueError, match="b"):
-        nuclear_norm_kkt_violation(x, y.unsqueeze(1), torch.zeros(2, 2, dtype=F64), 0.1)
-    with pytest.raises(ValueError, match="beta"):
-        group_lasso_kkt_violation(x, y, torch.zeros(3, dtype=F64), [4], 0.1)
+    with pytest.raises(ValueError, match="group_sizes"):
+        group_index([])
+    with pytest.raises(TypeError, match="group_sizes"):
+        group_index("21")
+
+
+@pytest.mark.parametrize("tol, max_iter", [(1e-6, 20_000), (1e-12, 20_000), (0.0, 137)])
+def test_fista_stops_where_a_check_after_every_iteration_would(monkeypatch, tol, max_iter):
+    """Checking the stopping rule once per block returns the iterate of a check after every iteration."""
+    x, y = _problem(25, 12, seed=4)
+    sizes, lam = [4, 4, 2, 2], 0.1
+    n = x.shape[0]
+    gram, xty = x.T @ x / n, x.T @ y / n
+    step = n / torch.linalg.matrix_norm(x, ord=2).item() ** 2
+    tau = step * lam * torch.tensor([math.sqrt(s) for s in sizes], dtype=F64)
+    beta = point = torch.zeros(12, dtype=F64)
+    t = 1.0
+    for _ in range(max_iter):  # the reference: FISTA with a check after every iteration
+        new = group_soft_threshold(point - step * (gram @ point - xty), sizes, tau.tolist())
+        t_next = (1 + math.sqrt(1 + 4 * t * t)) / 2
+        point = new + ((t - 1) / t_next) * (new - beta)
+        change = (new - beta).abs().max().item()
+        beta, t = new, t_next
+        if change <= tol:
+            break
+    for every in (1, 7, 50):
+        monkeypatch.setattr(proximal, "_CHECK_EVERY", every)
+        torch.testing.assert_close(group_lasso(x, y, sizes, lam, max_iter=max_iter, tol=tol), beta,
+                                   rtol=0, atol=1e-14)
