@@ -46,25 +46,20 @@ import math
 import numbers
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad_and_value, stack_module_state, vmap
-from tqdm import tqdm
 
+from ._checks import check_real
 from .losses import ce_hessian_root, get_loss
 from .noise import GaussianNoise, noise_sites, replace_site_outputs
-from .regularisers import explicit_regularizer
 from .optim import _check_sigma, _draw_rows, anti_pgd_update, gd_update, perturb, pgd_update
+from .regularisers import explicit_regularizer
 from .seeding import check_generator
-from .train import (
-    History,
-    _check_pair,
-    _check_positive_int,
-    _check_real,
-    _minibatches,
-    _show_progress,
-)
+from .train import History, _batches, _check_run, _clean_metrics, _record, _refuse_non_finite, _run_steps
 
 __all__ = ["train_ensemble", "EnsembleResult", "METHODS", "supports_fast_path"]
 
@@ -137,10 +132,6 @@ def _per_model_loss(loss: str, out: Tensor, target: Tensor) -> Tensor:
     logp = torch.log_softmax(out, dim=-1)
     index = target.expand(out.shape[:-1]).unsqueeze(-1)
     return -logp.gather(-1, index).squeeze(-1).mean(dim=-1)
-
-
-def _per_model_accuracy(out: Tensor, target: Tensor) -> Tensor:
-    return (out.argmax(dim=-1) == target).to(out.dtype).mean(dim=-1)
 
 
 # --- the two forward routes ---------------------------------------------------------------------
@@ -343,11 +334,10 @@ def _check_generators(generators: object, count: int, device: torch.device, name
     return list(generators)
 
 
-def _batch_iterators(
-    batch_generator: object, count: int, n: int, batch_size: int, device: torch.device
-) -> tuple[list, bool]:
+def _batch_generators(batch_generator: object, count: int) -> torch.Generator | None | list[torch.Generator]:
+    """One generator (or ``None``): shared batches; a list of ``count``: one batch order per model."""
     if batch_generator is None or isinstance(batch_generator, torch.Generator):
-        return [_minibatches(n, batch_size, batch_generator, device)], True
+        return batch_generator
     if isinstance(batch_generator, Sequence) and not isinstance(batch_generator, (str, bytes)):
         if len(batch_generator) != count:
             raise ValueError(
@@ -357,11 +347,120 @@ def _batch_iterators(
         for m, g in enumerate(batch_generator):
             if not isinstance(g, torch.Generator):
                 raise TypeError(f"batch_generator[{m}] must be a torch.Generator, got {type(g).__name__}")
-        return [_minibatches(n, batch_size, g, device) for g in batch_generator], False
+        return list(batch_generator)
     raise TypeError(
         f"batch_generator must be None, a torch.Generator or a sequence of them, "
         f"got {type(batch_generator).__name__}"
     )
+
+
+class _Method(NamedTuple):
+    name: str
+    lrs: list[float]
+    sigmas: list[float]
+    layerwise: bool
+    generators: list[torch.Generator] | None
+    noisy: bool
+
+
+def _check_method(
+    method: object, lr: object, sigma: object, layerwise: object, generators: object, count: int,
+    device: torch.device,
+) -> _Method:
+    """The update rule: ``method``, per-model ``lr`` and ``sigma``, ``layerwise``, ``generators``."""
+    lrs = _per_model_values(lr, count, "lr", lambda v, name: check_real(v, name, positive=True))
+    if not isinstance(method, str) or method not in METHODS:
+        raise ValueError(f"method must be one of {tuple(METHODS)}, got {method!r}")
+    sigmas = _per_model_values(sigma, count, "sigma", _check_sigma)
+    if not isinstance(layerwise, bool):
+        raise TypeError(f"layerwise must be True or False, got {type(layerwise).__name__}")
+    if layerwise and method != "perturbed_gd":
+        raise ValueError(f"layerwise=True needs method='perturbed_gd', got method={method!r}")
+    if method in ("gd", "adam") and any(s > 0 for s in sigmas):
+        raise ValueError(f"sigma must be 0 with method={method!r} (pick 'pgd', 'anti_pgd' or 'perturbed_gd')")
+    noisy = method not in ("gd", "adam") and any(s > 0 for s in sigmas)
+    if generators is not None:
+        generators = _check_generators(generators, count, device, "generators")
+    elif noisy:
+        raise ValueError(
+            f"generators must be given (one torch.Generator per model, e.g. "
+            f"gni_lib.spawn_generators(seed, {count})) when sigma > 0"
+        )
+    return _Method(method, lrs, sigmas, layerwise, generators, noisy)
+
+
+class _Sites(NamedTuple):
+    sigmas: Tensor  # (M, K): sigma_{m,k}, read from each model's own sites
+    rows: list[list[float]]  # site k -> [sigma_{0,k}, ..., sigma_{M-1,k}]
+    modes: list[str]
+    active: set[int]  # the sites with sigma_{m,k} > 0 for some model
+    noise_on: bool
+    generators: list[torch.Generator] | None
+
+
+def _check_sites(
+    models: list[nn.Module], inject_noise: bool | None, site_generators: object, dtype: torch.dtype,
+    device: torch.device,
+) -> _Sites:
+    """The noise sites of the models, and ``site_generators``."""
+    count = len(models)
+    sigmas = torch.tensor(
+        [[site.sigma for site in noise_sites(model)] for model in models], dtype=dtype, device=device
+    ).reshape(count, -1)
+    rows = sigmas.T.tolist()
+    active = {k for k, row in enumerate(rows) if any(s > 0 for s in row)}
+    noise_on = bool(inject_noise) and bool(active)
+    if site_generators is not None:
+        site_generators = _check_generators(site_generators, count, device, "site_generators")
+        if not inject_noise:
+            raise ValueError("site_generators is only used with inject_noise=True")
+    elif noise_on:
+        raise ValueError(
+            f"site_generators must be given (one torch.Generator per model, e.g. "
+            f"gni_lib.spawn_generators(seed, {count})) when inject_noise=True and a site has sigma > 0"
+        )
+    modes = [site.mode for site in noise_sites(models[0])]
+    return _Sites(sigmas, rows, modes, active, noise_on, site_generators)
+
+
+def _check_penalty(
+    penalty: object, penalty_weight: object, sites: _Sites, count: int
+) -> tuple[str | None, list[float]]:
+    """``penalty``: its kind (``None``, ``"explicit_regularizer"``, ``"callable"``) and the weights."""
+    if penalty is None:
+        kind = None
+    elif isinstance(penalty, str):
+        if penalty != "explicit_regularizer":
+            raise ValueError(
+                f"penalty must be None, 'explicit_regularizer' or a callable (model, x) -> scalar, "
+                f"got {penalty!r}"
+            )
+        if not sites.modes:
+            raise ValueError("penalty='explicit_regularizer' needs models with GaussianNoise sites; they have none")
+        kind = "explicit_regularizer"
+    elif callable(penalty):
+        kind = "callable"
+    else:
+        raise TypeError(
+            f"penalty must be None, 'explicit_regularizer' or a callable (model, x) -> scalar, "
+            f"got {type(penalty).__name__}"
+        )
+    weights = _per_model_values(penalty_weight, count, "penalty_weight", check_real)
+    return kind, weights
+
+
+def _check_fast_path(fast_path: object, model: nn.Module, inject_noise: bool | None) -> bool:
+    can_fast = _fits_fast_path(model, allow_noise=inject_noise is not None)
+    if fast_path is None:
+        return can_fast
+    if not isinstance(fast_path, bool):
+        raise TypeError(f"fast_path must be True, False or None, got {type(fast_path).__name__}")
+    if fast_path and not can_fast:
+        raise ValueError(
+            "fast_path=True needs a Sequential of Linear layers and elementwise activations; "
+            "use fast_path=None or False for this model"
+        )
+    return fast_path
 
 
 def _site_call_shapes(model: nn.Module, x: Tensor) -> list[tuple[int, tuple[int, ...]]]:
@@ -409,6 +508,208 @@ def _adam_update(
     step_size = lr_column / (1 - beta1**step)
     denominator = (second.sqrt() / math.sqrt(1 - beta2**step)).add(eps)
     return flat - step_size * first / denominator, (first, second)
+
+
+class _Stack:
+    """The :math:`M` models as the rows of a flat :math:`(M, P)` tensor, and the routes
+    that evaluate the per-model objective, outputs and penalty at given rows.
+
+    All of a model's parameters live in one row, in parameter order: the layout of
+    the optimisers' noise buffer. Views of it feed the forward pass, the gradient
+    comes back as one :math:`(M, P)` tensor, and a step is one functional update on
+    the whole row, whatever the number of tensors.
+    """
+
+    def __init__(
+        self, models: list[nn.Module], x: Tensor, loss: str, use_fast: bool, sites: _Sites,
+        penalty_kind: str | None, penalty: Callable | None, weights: list[float],
+    ) -> None:
+        for model in models:
+            model.eval()
+        stacked, self.buffers = stack_module_state(models)
+        self.models, self.count, self.loss, self.use_fast = models, len(models), loss, use_fast
+        self.names = list(stacked)
+        self.shapes = {k: tuple(v.shape[1:]) for k, v in stacked.items()}
+        self.sizes = [math.prod(self.shapes[k]) for k in self.names]
+        self.offsets = dict(zip(self.names, itertools.accumulate([0] + self.sizes[:-1])))
+        self.flat = torch.cat([stacked[k].detach().reshape(self.count, -1) for k in self.names], dim=1)
+        self.x, self.sites, self.penalty_kind, self.penalty = x, sites, penalty_kind, penalty
+        self.weight_column = torch.tensor(weights, dtype=x.dtype, device=x.device)
+        self.fast_penalty = penalty_kind == "explicit_regularizer" and use_fast
+        self.loop_penalty = penalty_kind is not None and not self.fast_penalty
+        self.layers = _fast_layers(models[0]) if use_fast else None
+        # With noise or R the fast path also walks the noise sites.
+        with_sites = use_fast and (sites.noise_on or self.fast_penalty)
+        self.site_layers = _fast_layers(models[0], include_sites=True) if with_sites else None
+        self.skeleton = copy.deepcopy(models[0]).to("meta")
+        self.site_calls = _site_call_shapes(models[0], x) if sites.noise_on and not use_fast else None
+
+    def unflatten(self, rows: Tensor) -> dict[str, Tensor]:
+        lead = rows.shape[:-1]
+        return {k: rows[..., self.offsets[k] : self.offsets[k] + size].view(*lead, *self.shapes[k])
+                for k, size in zip(self.names, self.sizes)}
+
+    def write_back(self, rows: Tensor) -> None:
+        values = self.unflatten(rows)
+        with torch.no_grad():
+            for m, model in enumerate(self.models):
+                for k, v in model.named_parameters():
+                    v.copy_(values[k][m])
+
+    def draw_site(self, k: int, shape: tuple[int, ...]) -> Tensor:
+        """Site k's noise sigma_{m,k} z for every model, (M, *shape); row m from site_generators[m]."""
+        x = self.x
+        return _draw_rows(
+            math.prod(shape), self.sites.rows[k], self.sites.generators, x.dtype, x.device
+        ).view(self.count, *shape)
+
+    def perturb_site(self, k: int, mode: str, h: Tensor) -> Tensor:
+        """The fast path's noise site: h is (M, B, d); draws in forward order, as GaussianNoise does."""
+        noise = self.draw_site(k, tuple(h.shape[1:]))
+        return h + noise if mode == "additive" else h * (1.0 + noise)
+
+    def single_loss(self, row: Tensor, b: dict[str, Tensor], xb: Tensor, yb: Tensor) -> Tensor:
+        out = functional_call(self.skeleton, (self.unflatten(row), b), (xb,))
+        return _per_model_loss(self.loss, out, yb)
+
+    def single_noisy_loss(
+        self, row: Tensor, b: dict[str, Tensor], noise: list[Tensor], xb: Tensor, yb: Tensor
+    ) -> Tensor:
+        def replace(k: int, h: Tensor) -> Tensor:
+            return h + noise[k] if self.sites.modes[k] == "additive" else h * (1.0 + noise[k])
+
+        with replace_site_outputs(self.skeleton, replace):
+            out = functional_call(self.skeleton, (self.unflatten(row), b), (xb,))
+        return _per_model_loss(self.loss, out, yb)
+
+    def fast_regularizer(self, params: Mapping[str, Tensor], xs: Tensor) -> Tensor:
+        trace: list[tuple] = []
+        out = _fast_forward(self.site_layers, params, xs, trace=trace)
+        return _fast_regularizer(trace, out, self.loss, self.sites.sigmas, self.sites.active)
+
+    def looped_penalty(self, rows: Tensor, xb: Tensor, with_grad: bool) -> tuple[Tensor, Tensor | None]:
+        """The fallback: the penalty (and its gradient) of each model in turn, (M,) and (M, P)."""
+        self.write_back(rows)
+        shared = xb.ndim == self.x.ndim
+        values, grads = [], []
+        for m, model in enumerate(self.models):
+            inputs = xb if shared else xb[m]
+            with torch.enable_grad():
+                if self.penalty_kind == "explicit_regularizer":
+                    value = explicit_regularizer(model, inputs, loss=self.loss)
+                else:
+                    value = self.penalty(model, inputs)
+                if not isinstance(value, Tensor) or value.numel() != 1:
+                    raise TypeError(f"penalty must return a scalar tensor, got {type(value).__name__}")
+                value = value.reshape(())
+                if with_grad and value.requires_grad:
+                    parts = torch.autograd.grad(value, list(model.parameters()), allow_unused=True,
+                                                materialize_grads=True)
+                    grads.append(torch.cat([g.reshape(-1) for g in parts]))
+                elif with_grad:  # a constant (e.g. R with every sigma 0): no gradient
+                    grads.append(rows.new_zeros(rows.shape[1]))
+            values.append(value.detach())
+        return torch.stack(values), (torch.stack(grads) if with_grad else None)
+
+    def fast_objective(self, rows: Tensor, xb: Tensor, yb: Tensor) -> tuple[Tensor, Tensor]:
+        """The batched-matmul route: the per-model objective (M,) and its gradient (M, P)."""
+        # One leaf per tensor (a gradient through slices of a single flat leaf
+        # would allocate a zero (M, P) tensor per slice), then one cat.
+        leaves = {k: v.detach().requires_grad_() for k, v in self.unflatten(rows.detach()).items()}
+        noise_on = self.sites.noise_on
+        with torch.enable_grad():
+            if self.site_layers is None:
+                objective = _per_model_loss(self.loss, _fast_forward(self.layers, leaves, xb), yb)
+            else:
+                trace: list[tuple] | None = [] if self.fast_penalty and not noise_on else None
+                out = _fast_forward(self.site_layers, leaves, xb, self.perturb_site if noise_on else None, trace)
+                objective = _per_model_loss(self.loss, out, yb)
+                if self.fast_penalty:  # R from the clean pass: shared with the loss when noise is off
+                    if noise_on:
+                        r = self.fast_regularizer(leaves, xb)
+                    else:
+                        r = _fast_regularizer(trace, out, self.loss, self.sites.sigmas, self.sites.active)
+                    objective = objective + self.weight_column * r
+            grads = torch.autograd.grad(objective.sum(), list(leaves.values()))
+        return objective.detach(), torch.cat([g.reshape(self.count, -1) for g in grads], dim=1)
+
+    def objective_and_grads(self, rows: Tensor, xb: Tensor, yb: Tensor) -> tuple[Tensor, Tensor]:
+        """Per model: the objective L + lambda_m P at ``rows`` on the batch, and its gradient."""
+        if self.use_fast:
+            objective, grads = self.fast_objective(rows, xb, yb)
+        else:
+            in_x = None if xb.ndim == self.x.ndim else 0
+            if self.sites.noise_on:
+                batch = xb.shape[0] if in_x is None else xb.shape[1]
+                noise = _draw_site_calls(self.site_calls, batch, self.draw_site, len(self.sites.modes))
+                grads, objective = vmap(grad_and_value(self.single_noisy_loss), in_dims=(0, 0, 0, in_x, in_x))(
+                    rows, self.buffers, noise, xb, yb
+                )
+            else:
+                grads, objective = vmap(grad_and_value(self.single_loss), in_dims=(0, 0, in_x, in_x))(
+                    rows, self.buffers, xb, yb
+                )
+        if self.loop_penalty:
+            values, penalty_grads = self.looped_penalty(rows, xb, with_grad=True)
+            objective = objective + self.weight_column * values
+            grads = grads + self.weight_column.unsqueeze(1) * penalty_grads
+        return objective, grads
+
+    def outputs(self, rows: Tensor, xs: Tensor) -> Tensor:
+        if self.use_fast:
+            return _fast_forward(self.layers, self.unflatten(rows), xs)
+        return vmap(lambda r, b: functional_call(self.skeleton, (self.unflatten(r), b), (xs,)))(rows, self.buffers)
+
+    def penalty_values(self, rows: Tensor) -> list[float]:
+        """The unweighted penalty of each model on the whole training set (recorded)."""
+        if self.fast_penalty:
+            return self.fast_regularizer(self.unflatten(rows), self.x).detach().tolist()
+        return self.looped_penalty(rows, self.x, with_grad=False)[0].tolist()
+
+
+class _StackedOptimizer:
+    """The update rule of :data:`METHODS` on the flat :math:`(M, P)` parameters ``stack.flat``."""
+
+    def __init__(self, stack: _Stack, method: _Method) -> None:
+        self.stack, self.method = stack, method
+        x = stack.x
+        self.lr_column = torch.tensor(method.lrs, dtype=x.dtype, device=x.device).unsqueeze(1)
+        self.xi: Tensor | None = None  # Anti-PGD's previous noise
+        self.adam_moments: tuple[Tensor, Tensor] | None = None
+
+    def draw(self, step: int) -> Tensor:
+        """The step's noise as an (M, P) buffer (zeros outside the perturbed tensor, layer-wise)."""
+        stack, method, flat = self.stack, self.method, self.stack.flat
+        if not method.noisy:
+            return torch.zeros_like(flat)
+        if not method.layerwise:
+            return _draw_rows(flat.shape[1], method.sigmas, method.generators, flat.dtype, flat.device)
+        buffer = torch.zeros_like(flat)
+        key = stack.names[(step - 1) % len(stack.names)]
+        start, size = stack.offsets[key], math.prod(stack.shapes[key])
+        buffer[:, start : start + size] = _draw_rows(size, method.sigmas, method.generators, flat.dtype, flat.device)
+        return buffer
+
+    def step(self, step: int, steps: int, xb: Tensor, yb: Tensor) -> None:
+        """One update of every model; refuses (before any model moves) a non-finite loss or gradient."""
+        name, flat = self.method.name, self.stack.flat
+        noise = self.draw(step) if name not in ("gd", "adam") else None
+        at = perturb({"w": flat}, {"w": noise})["w"] if name == "perturbed_gd" else flat
+        losses, grads = self.stack.objective_and_grads(at, xb, yb)
+        # amax propagates NaN and inf, and is ten times cheaper than isfinite().all().
+        _refuse_non_finite(torch.isfinite(losses) & torch.isfinite(grads.abs().amax(dim=1)), step, steps)
+        w, g = {"w": flat}, {"w": grads}
+        if name in ("gd", "perturbed_gd"):
+            flat = gd_update(w, g, self.lr_column)["w"]
+        elif name == "adam":
+            flat, self.adam_moments = _adam_update(flat, grads, self.adam_moments, step, self.lr_column)
+        elif name == "pgd":
+            flat = pgd_update(w, g, {"w": noise}, self.lr_column)["w"]
+        else:
+            new, xi = anti_pgd_update(w, g, {"w": noise}, None if self.xi is None else {"w": self.xi},
+                                      self.lr_column)
+            flat, self.xi = new["w"], xi["w"]
+        self.stack.flat = flat
 
 
 def train_ensemble(
@@ -553,346 +854,47 @@ def train_ensemble(
         raise TypeError(f"inject_noise must be True, False or None, got {type(inject_noise).__name__}")
     models = _check_models(models, allow_noise=inject_noise is not None)
     count = len(models)
-    x, y = _check_pair(x, y, "x", "y")
-    steps = _check_positive_int(steps, "steps")
-    lrs = _per_model_values(lr, count, "lr", lambda v, name: _check_real(v, name, positive=True))
-    if not isinstance(method, str) or method not in METHODS:
-        raise ValueError(f"method must be one of {tuple(METHODS)}, got {method!r}")
-    sigmas = _per_model_values(sigma, count, "sigma", _check_sigma)
-    if not isinstance(layerwise, bool):
-        raise TypeError(f"layerwise must be True or False, got {type(layerwise).__name__}")
-    if layerwise and method != "perturbed_gd":
-        raise ValueError(f"layerwise=True needs method='perturbed_gd', got method={method!r}")
-    if method in ("gd", "adam") and any(s > 0 for s in sigmas):
-        raise ValueError(f"sigma must be 0 with method={method!r} (pick 'pgd', 'anti_pgd' or 'perturbed_gd')")
+    run = _check_run(x, y, steps, x_test, y_test, record_every, batch_size, progress, record_extra)
     device = next(models[0].parameters()).device
     dtype = next(models[0].parameters()).dtype
-    noisy = method not in ("gd", "adam") and any(s > 0 for s in sigmas)
-    if generators is not None:
-        generators = _check_generators(generators, count, device, "generators")
-    elif noisy:
-        raise ValueError(
-            f"generators must be given (one torch.Generator per model, e.g. "
-            f"gni_lib.spawn_generators(seed, {count})) when sigma > 0"
-        )
+    rule = _check_method(method, lr, sigma, layerwise, generators, count, device)
     loss_fn = get_loss(loss)
-    # Noise sites: sigma_{m,k} per model and site, read from each model's own sites.
-    site_sigmas = torch.tensor(
-        [[site.sigma for site in noise_sites(model)] for model in models], dtype=dtype, device=device
-    ).reshape(count, -1)
-    site_rows = site_sigmas.T.tolist()  # site k -> [sigma_{0,k}, ..., sigma_{M-1,k}]
-    site_modes = [site.mode for site in noise_sites(models[0])]
-    active_sites = {k for k, row in enumerate(site_rows) if any(s > 0 for s in row)}
-    noise_on = bool(inject_noise) and bool((site_sigmas > 0).any())
-    if site_generators is not None:
-        site_generators = _check_generators(site_generators, count, device, "site_generators")
-        if not inject_noise:
-            raise ValueError("site_generators is only used with inject_noise=True")
-    elif noise_on:
-        raise ValueError(
-            f"site_generators must be given (one torch.Generator per model, e.g. "
-            f"gni_lib.spawn_generators(seed, {count})) when inject_noise=True and a site has sigma > 0"
-        )
-    if penalty is None:
-        penalty_kind = None
-    elif isinstance(penalty, str):
-        if penalty != "explicit_regularizer":
-            raise ValueError(
-                f"penalty must be None, 'explicit_regularizer' or a callable (model, x) -> scalar, "
-                f"got {penalty!r}"
-            )
-        if not site_modes:
-            raise ValueError("penalty='explicit_regularizer' needs models with GaussianNoise sites; they have none")
-        penalty_kind = "explicit_regularizer"
-    elif callable(penalty):
-        penalty_kind = "callable"
-    else:
-        raise TypeError(
-            f"penalty must be None, 'explicit_regularizer' or a callable (model, x) -> scalar, "
-            f"got {type(penalty).__name__}"
-        )
-    weights = _per_model_values(
-        penalty_weight, count, "penalty_weight", lambda v, name: _check_real(v, name, positive=False)
-    )
-    if (x_test is None) != (y_test is None):
-        missing = "y_test" if y_test is None else "x_test"
-        raise ValueError(f"x_test and y_test must be given together; {missing} is missing")
-    if x_test is not None:
-        x_test, y_test = _check_pair(x_test, y_test, "x_test", "y_test")
-    for value, name in ((x, "x"), (x_test, "x_test")):
+    sites = _check_sites(models, inject_noise, site_generators, dtype, device)
+    penalty_kind, weights = _check_penalty(penalty, penalty_weight, sites, count)
+    for value, name in ((run.x, "x"), (run.x_test, "x_test")):
         if value is not None and (value.device != device or value.dtype != dtype):
             raise ValueError(
                 f"{name} must be {dtype} on {device} like the models' parameters, "
                 f"got {value.dtype} on {value.device}"
             )
-    record_every = _check_positive_int(record_every, "record_every")
-    n = x.shape[0]
-    if batch_size is not None:
-        if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral):
-            raise TypeError(
-                f"batch_size must be None or an int in [1, {n}], got {type(batch_size).__name__}"
-            )
-        if not 1 <= batch_size <= n:
-            raise ValueError(f"batch_size must be None or an int in [1, {n}], got {batch_size}")
-        batch_size = int(batch_size)
-    extras = dict(record_extra or {})
-    if record_extra is not None and not isinstance(record_extra, Mapping):
-        raise TypeError(f"record_extra must be a dict name -> callable(model), got {type(record_extra).__name__}")
-    for name, fn in extras.items():
-        if not isinstance(name, str) or not callable(fn):
-            raise TypeError(f"record_extra must map str names to callables fn(model) -> float; bad entry {name!r}")
-    can_fast = _fits_fast_path(models[0], allow_noise=inject_noise is not None)
-    if fast_path is None:
-        use_fast = can_fast
-    elif isinstance(fast_path, bool):
-        if fast_path and not can_fast:
-            raise ValueError(
-                "fast_path=True needs a Sequential of Linear layers and elementwise activations; "
-                "use fast_path=None or False for this model"
-            )
-        use_fast = fast_path
-    else:
-        raise TypeError(f"fast_path must be True, False or None, got {type(fast_path).__name__}")
-    show = _show_progress(progress)
+    use_fast = _check_fast_path(fast_path, models[0], inject_noise)
+    full_batch = run.batch_size in (None, run.x.shape[0])
+    batch_generators = None if full_batch else _batch_generators(batch_generator, count)
     # The library losses validate the targets once, on model 0's outputs (shapes,
     # dtypes, class range); the vectorised loss used below does no data-dependent checks.
     with torch.no_grad():
         models[0].eval()
-        loss_fn(models[0](x), y)
-        if x_test is not None:
-            loss_fn(models[0](x_test), y_test)
+        loss_fn(models[0](run.x), run.y)
+        if run.x_test is not None:
+            loss_fn(models[0](run.x_test), run.y_test)
 
-    for model in models:
-        model.eval()
-    stacked, buffers = stack_module_state(models)
-    names = list(stacked)
-    shapes = {k: tuple(v.shape[1:]) for k, v in stacked.items()}
-    sizes = [math.prod(shapes[k]) for k in names]
-    offsets = dict(zip(names, itertools.accumulate([0] + sizes[:-1])))
-    # All of a model's parameters live in one row of a flat (M, P) tensor, in
-    # parameter order: the layout of the optimisers' noise buffer. Views of it feed
-    # the forward pass, the gradient comes back as one (M, P) tensor, and a step is
-    # one functional update on the whole row, whatever the number of tensors.
-    flat = torch.cat([stacked[k].detach().reshape(count, -1) for k in names], dim=1)
-    lr_column = torch.tensor(lrs, dtype=dtype, device=device).unsqueeze(1)
-    fast_penalty = penalty_kind == "explicit_regularizer" and use_fast
-    loop_penalty = penalty_kind is not None and not fast_penalty
-    weight_column = torch.tensor(weights, dtype=dtype, device=device)
-    layers = _fast_layers(models[0]) if use_fast else None
-    # With noise or R the fast path also walks the noise sites.
-    site_layers = _fast_layers(models[0], include_sites=True) if use_fast and (noise_on or fast_penalty) else None
-    skeleton = copy.deepcopy(models[0]).to("meta")
-    site_calls = _site_call_shapes(models[0], x) if noise_on and not use_fast else None
-
-    def unflatten(rows: Tensor) -> dict[str, Tensor]:
-        lead = rows.shape[:-1]
-        return {k: rows[..., offsets[k] : offsets[k] + size].view(*lead, *shapes[k])
-                for k, size in zip(names, sizes)}
-
-    def draw_site(k: int, shape: tuple[int, ...]) -> Tensor:
-        """Site k's noise sigma_{m,k} z for every model, (M, *shape); row m from site_generators[m]."""
-        return _draw_rows(math.prod(shape), site_rows[k], site_generators, dtype, device).view(count, *shape)
-
-    def perturb_site(k: int, mode: str, h: Tensor) -> Tensor:
-        """The fast path's noise site: h is (M, B, d); draws in forward order, as GaussianNoise does."""
-        noise = draw_site(k, tuple(h.shape[1:]))
-        return h + noise if mode == "additive" else h * (1.0 + noise)
-
-    def single_loss(row: Tensor, b: dict[str, Tensor], xb: Tensor, yb: Tensor) -> Tensor:
-        out = functional_call(skeleton, (unflatten(row), b), (xb,))
-        return _per_model_loss(loss, out, yb)
-
-    def single_noisy_loss(row: Tensor, b: dict[str, Tensor], noise: list[Tensor], xb: Tensor, yb: Tensor) -> Tensor:
-        def replace(k: int, h: Tensor) -> Tensor:
-            return h + noise[k] if site_modes[k] == "additive" else h * (1.0 + noise[k])
-
-        with replace_site_outputs(skeleton, replace):
-            out = functional_call(skeleton, (unflatten(row), b), (xb,))
-        return _per_model_loss(loss, out, yb)
-
-    def fast_regularizer(params: Mapping[str, Tensor], xs: Tensor) -> Tensor:
-        trace: list[tuple] = []
-        out = _fast_forward(site_layers, params, xs, trace=trace)
-        return _fast_regularizer(trace, out, loss, site_sigmas, active_sites)
-
-    def looped_penalty(rows: Tensor, xb: Tensor, shared: bool, with_grad: bool) -> tuple[Tensor, Tensor | None]:
-        """The fallback: the penalty (and its gradient) of each model in turn, (M,) and (M, P)."""
-        write_back(rows)
-        values, grads = [], []
-        for m, model in enumerate(models):
-            inputs = xb if shared else xb[m]
-            with torch.enable_grad():
-                value = (
-                    explicit_regularizer(model, inputs, loss=loss)
-                    if penalty_kind == "explicit_regularizer"
-                    else penalty(model, inputs)
-                )
-                if not isinstance(value, Tensor) or value.numel() != 1:
-                    raise TypeError(f"penalty must return a scalar tensor, got {type(value).__name__}")
-                value = value.reshape(())
-                if with_grad and value.requires_grad:
-                    parts = torch.autograd.grad(value, list(model.parameters()), allow_unused=True,
-                                                materialize_grads=True)
-                    grads.append(torch.cat([g.reshape(-1) for g in parts]))
-                elif with_grad:  # a constant (e.g. R with every sigma 0): no gradient
-                    grads.append(rows.new_zeros(rows.shape[1]))
-            values.append(value.detach())
-        return torch.stack(values), (torch.stack(grads) if with_grad else None)
-
-    def loss_and_grads(rows: Tensor, xb: Tensor, yb: Tensor, shared: bool) -> tuple[Tensor, Tensor]:
-        """Per model: the objective L + lambda_m P at ``rows`` on the batch, and its gradient."""
-        if use_fast:
-            # One leaf per tensor (a gradient through slices of a single flat leaf
-            # would allocate a zero (M, P) tensor per slice), then one cat.
-            leaves = {k: v.detach().requires_grad_() for k, v in unflatten(rows.detach()).items()}
-            with torch.enable_grad():
-                if site_layers is None:
-                    objective = _per_model_loss(loss, _fast_forward(layers, leaves, xb), yb)
-                else:
-                    trace: list[tuple] | None = [] if fast_penalty and not noise_on else None
-                    out = _fast_forward(site_layers, leaves, xb, perturb_site if noise_on else None, trace)
-                    objective = _per_model_loss(loss, out, yb)
-                    if fast_penalty:  # R from the clean pass: shared with the loss when noise is off
-                        if noise_on:
-                            r = fast_regularizer(leaves, xb)
-                        else:
-                            r = _fast_regularizer(trace, out, loss, site_sigmas, active_sites)
-                        objective = objective + weight_column * r
-                grads = torch.autograd.grad(objective.sum(), list(leaves.values()))
-            objective, grads = objective.detach(), torch.cat([g.reshape(count, -1) for g in grads], dim=1)
-        else:
-            in_x = None if shared else 0
-            if noise_on:
-                batch = xb.shape[0] if shared else xb.shape[1]
-                noise = _draw_site_calls(site_calls, batch, draw_site, len(site_modes))
-                grads, objective = vmap(grad_and_value(single_noisy_loss), in_dims=(0, 0, 0, in_x, in_x))(
-                    rows, buffers, noise, xb, yb
-                )
-            else:
-                grads, objective = vmap(grad_and_value(single_loss), in_dims=(0, 0, in_x, in_x))(
-                    rows, buffers, xb, yb
-                )
-        if loop_penalty:
-            values, penalty_grads = looped_penalty(rows, xb, shared, with_grad=True)
-            objective = objective + weight_column * values
-            grads = grads + weight_column.unsqueeze(1) * penalty_grads
-        return objective, grads
-
-    def outputs(rows: Tensor, xs: Tensor) -> Tensor:
-        if use_fast:
-            return _fast_forward(layers, unflatten(rows), xs)
-        return vmap(lambda r, b: functional_call(skeleton, (unflatten(r), b), (xs,)))(rows, buffers)
-
-    def penalty_values(rows: Tensor) -> list[float]:
-        """The unweighted penalty of each model on the whole training set (recorded)."""
-        if fast_penalty:
-            return fast_regularizer(unflatten(rows), x).detach().tolist()
-        return looped_penalty(rows, x, True, with_grad=False)[0].tolist()
-
-    def write_back(rows: Tensor) -> None:
-        values = unflatten(rows)
-        with torch.no_grad():
-            for m, model in enumerate(models):
-                for k, v in model.named_parameters():
-                    v.copy_(values[k][m])
-
+    stack = _Stack(models, run.x, loss, use_fast, sites, penalty_kind, penalty, weights)
+    optimizer = _StackedOptimizer(stack, rule)
     histories = [History() for _ in range(count)]
+    batches = _batches(run.x, run.y, run.batch_size, batch_generators)
 
-    def record(step: int, rows: Tensor) -> None:
-        with torch.no_grad():
-            out = outputs(rows, x)
-            train_losses = _per_model_loss(loss, out, y).tolist()
-            train_acc = _per_model_accuracy(out, y).tolist() if loss == "ce" else None
-            if x_test is not None:
-                out_t = outputs(rows, x_test)
-                test_losses = _per_model_loss(loss, out_t, y_test).tolist()
-                test_acc = _per_model_accuracy(out_t, y_test).tolist() if loss == "ce" else None
-        penalties = penalty_values(rows) if penalty_kind is not None else None
-        if extras:
-            write_back(rows)
-        for m, history in enumerate(histories):
-            history.steps.append(step)
-            if penalties is not None:
-                history.penalty.append(penalties[m])
-            history.train_loss.append(train_losses[m])
-            if train_acc is not None:
-                history.train_accuracy.append(train_acc[m])
-            if x_test is not None:
-                history.test_loss.append(test_losses[m])
-                if test_acc is not None:
-                    history.test_accuracy.append(test_acc[m])
-            for name, fn in extras.items():
-                value = fn(models[m])
-                if isinstance(value, Tensor) and value.numel() == 1:
-                    value = value.detach().item()
-                if isinstance(value, bool) or not isinstance(value, numbers.Real):
-                    raise TypeError(
-                        f"record_extra[{name!r}] must return a real number, got {type(value).__name__}"
-                    )
-                history.extra.setdefault(name, []).append(float(value))
+    def record(step: int) -> float:
+        metrics = _clean_metrics(
+            lambda xs: stack.outputs(stack.flat, xs), partial(_per_model_loss, loss), run, loss == "ce"
+        )
+        penalties = stack.penalty_values(stack.flat) if penalty_kind is not None else None
+        if run.extras:
+            stack.write_back(stack.flat)
+        _record(histories, models, step, metrics, penalties, run.extras)
+        return sum(h.train_loss[-1] for h in histories) / count
 
-    def draw(step: int) -> Tensor:
-        """The step's noise as an (M, P) buffer (zeros outside the perturbed tensor, layer-wise)."""
-        if not layerwise:
-            if not noisy:
-                return torch.zeros_like(flat)
-            return _draw_rows(flat.shape[1], sigmas, generators, dtype, device)
-        key = names[(step - 1) % len(names)]
-        buffer = torch.zeros_like(flat)
-        if noisy:
-            start = offsets[key]
-            buffer[:, start : start + math.prod(shapes[key])] = _draw_rows(
-                math.prod(shapes[key]), sigmas, generators, dtype, device
-            )
-        return buffer
+    def take_step(step: int) -> None:
+        optimizer.step(step, run.steps, *next(batches))
 
-    full_batch = batch_size is None or batch_size == n
-    if not full_batch:
-        iterators, shared_batches = _batch_iterators(batch_generator, count, n, batch_size, x.device)
-    else:
-        iterators, shared_batches = [], True
-    xi: Tensor | None = None
-    adam_moments: tuple[Tensor, Tensor] | None = None
-
-    bar = tqdm(total=steps, desc="train_ensemble", disable=not show, leave=False)
-    try:
-        record(0, flat)
-        for step in range(1, steps + 1):
-            if full_batch:
-                xb, yb = x, y
-            elif shared_batches:
-                index = next(iterators[0])
-                xb, yb = x[index], y[index]
-            else:
-                index = torch.stack([next(it) for it in iterators])
-                xb, yb = x[index], y[index]
-
-            noise = draw(step) if method not in ("gd", "adam") else None
-            at = perturb({"w": flat}, {"w": noise})["w"] if method == "perturbed_gd" else flat
-            losses, grads = loss_and_grads(at, xb, yb, full_batch or shared_batches)
-            # amax propagates NaN and inf, and is ten times cheaper than isfinite().all().
-            finite = torch.isfinite(losses) & torch.isfinite(grads.abs().amax(dim=1))
-            if not bool(finite.all()):
-                bad = torch.nonzero(~finite).flatten().tolist()
-                raise FloatingPointError(
-                    f"the loss or its gradient is NaN or infinite for models {bad} at step {step} "
-                    f"of {steps}; no model took that step. Lower lr or sigma"
-                )
-            w, g = {"w": flat}, {"w": grads}
-            if method in ("gd", "perturbed_gd"):
-                flat = gd_update(w, g, lr_column)["w"]
-            elif method == "adam":
-                flat, adam_moments = _adam_update(flat, grads, adam_moments, step, lr_column)
-            elif method == "pgd":
-                flat = pgd_update(w, g, {"w": noise}, lr_column)["w"]
-            else:
-                new, xi_dict = anti_pgd_update(w, g, {"w": noise}, None if xi is None else {"w": xi}, lr_column)
-                flat, xi = new["w"], xi_dict["w"]
-            bar.update(1)
-            if step % record_every == 0 or step == steps:
-                record(step, flat)
-                bar.set_postfix(mean_train_loss=f"{sum(h.train_loss[-1] for h in histories) / count:.4g}")
-    finally:
-        bar.close()
-        write_back(flat)
-    return EnsembleResult(histories=histories, params=unflatten(flat), fast_path=use_fast)
+    _run_steps(run, "train_ensemble", take_step, record, lambda: stack.write_back(stack.flat))
+    return EnsembleResult(histories=histories, params=stack.unflatten(stack.flat), fast_path=use_fast)

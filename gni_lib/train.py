@@ -26,17 +26,19 @@ Many seeds at once: :func:`gni_lib.ensemble.train_ensemble`.
 
 from __future__ import annotations
 
-import math
+import itertools
 import numbers
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from ._checks import check_real
 from .losses import get_loss
 from .optim import PGD, AntiPGD, PerturbedGD
 
@@ -119,16 +121,6 @@ def _check_positive_int(value: object, name: str) -> int:
     return int(value)
 
 
-def _check_real(value: object, name: str, *, positive: bool) -> float:
-    bound = "> 0" if positive else ">= 0"
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a finite real number {bound}, got {type(value).__name__}")
-    value = float(value)
-    if not math.isfinite(value) or value < 0 or (positive and value == 0):
-        raise ValueError(f"{name} must be a finite real number {bound}, got {value!r}")
-    return value
-
-
 def _check_pair(x: object, y: object, x_name: str, y_name: str) -> tuple[Tensor, Tensor]:
     for value, name in ((x, x_name), (y, y_name)):
         if not isinstance(value, Tensor):
@@ -146,6 +138,67 @@ def _check_pair(x: object, y: object, x_name: str, y_name: str) -> tuple[Tensor,
     return x, y
 
 
+def _show_progress(progress: bool | None) -> bool:
+    if progress is None:
+        return sys.stderr.isatty() and "CI" not in os.environ
+    if not isinstance(progress, bool):
+        raise TypeError(f"progress must be True, False or None, got {type(progress).__name__}")
+    return progress
+
+
+# --- the trainer core, shared with gni_lib.ensemble.train_ensemble -----------------------------
+
+
+class _Run(NamedTuple):
+    """The checked arguments that :func:`train` and ``train_ensemble`` have in common."""
+
+    x: Tensor
+    y: Tensor
+    steps: int
+    x_test: Tensor | None
+    y_test: Tensor | None
+    record_every: int
+    batch_size: int | None
+    show: bool
+    extras: dict[str, Callable]
+
+
+def _check_run(
+    x: object, y: object, steps: object, x_test: object, y_test: object, record_every: object,
+    batch_size: object, progress: object, record_extra: object,
+) -> _Run:
+    """Check the data, the schedule and the recording arguments of a training run."""
+    x, y = _check_pair(x, y, "x", "y")
+    steps = _check_positive_int(steps, "steps")
+    if (x_test is None) != (y_test is None):
+        missing = "y_test" if y_test is None else "x_test"
+        raise ValueError(f"x_test and y_test must be given together; {missing} is missing")
+    if x_test is not None:
+        x_test, y_test = _check_pair(x_test, y_test, "x_test", "y_test")
+    record_every = _check_positive_int(record_every, "record_every")
+    n = x.shape[0]
+    if batch_size is not None:
+        if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral):
+            raise TypeError(
+                f"batch_size must be None or an int in [1, {n}], got {type(batch_size).__name__}"
+            )
+        if not 1 <= batch_size <= n:
+            raise ValueError(f"batch_size must be None or an int in [1, {n}], got {batch_size}")
+        batch_size = int(batch_size)
+    show = _show_progress(progress)
+    if record_extra is not None and not isinstance(record_extra, Mapping):
+        raise TypeError(
+            f"record_extra must be a dict name -> callable(model), got {type(record_extra).__name__}"
+        )
+    extras = dict(record_extra or {})
+    for name, fn in extras.items():
+        if not isinstance(name, str) or name in _RESERVED:
+            raise ValueError(f"record_extra names must be strings other than {_RESERVED}, got {name!r}")
+        if not callable(fn):
+            raise TypeError(f"record_extra[{name!r}] must be callable fn(model) -> float")
+    return _Run(x, y, steps, x_test, y_test, record_every, batch_size, show, extras)
+
+
 def _minibatches(
     n: int, batch_size: int, generator: torch.Generator | None, device: torch.device
 ) -> Iterator[Tensor]:
@@ -157,12 +210,149 @@ def _minibatches(
             yield order[start : start + batch_size]
 
 
-def _show_progress(progress: bool | None) -> bool:
-    if progress is None:
-        return sys.stderr.isatty() and "CI" not in os.environ
-    if not isinstance(progress, bool):
-        raise TypeError(f"progress must be True, False or None, got {type(progress).__name__}")
-    return progress
+def _batches(
+    x: Tensor, y: Tensor, batch_size: int | None,
+    generator: torch.Generator | None | list[torch.Generator],
+) -> Iterator[tuple[Tensor, Tensor]]:
+    r"""The batch ``(x_B, y_B)`` of each step, drawn lazily (at the step that uses it).
+
+    The whole set (no draws) when ``batch_size`` is ``None`` or :math:`n`; else the batches
+    of :func:`_minibatches` from ``generator``, or, for a list of :math:`M` generators,
+    one batch order per model, stacked: :math:`(M, B, \dots)`.
+    """
+    n = x.shape[0]
+    if batch_size is None or batch_size == n:
+        return itertools.repeat((x, y))
+    if not isinstance(generator, list):
+        orders = _minibatches(n, batch_size, generator, x.device)
+    else:
+        streams = [_minibatches(n, batch_size, g, x.device) for g in generator]
+        orders = (torch.stack([next(s) for s in streams]) for _ in itertools.count())
+    return ((x[index], y[index]) for index in orders)
+
+
+def _accuracy(logits: Tensor, labels: Tensor) -> Tensor:
+    """The fraction of rows whose largest logit is the label, per model: shape ``logits.shape[:-2]``."""
+    return (logits.argmax(dim=-1) == labels).double().mean(dim=-1)
+
+
+def _clean_metrics(
+    forward: Callable[[Tensor], Tensor], loss_of: Callable[[Tensor, Tensor], Tensor], run: _Run,
+    classify: bool,
+) -> dict[str, list[float]]:
+    """The clean losses (and accuracies) of each model on the training and test sets."""
+    metrics: dict[str, list[float]] = {}
+    with torch.no_grad():
+        for part, xs, ys in (("train", run.x, run.y), ("test", run.x_test, run.y_test)):
+            if xs is None:
+                continue
+            out = forward(xs)
+            metrics[f"{part}_loss"] = loss_of(out, ys).reshape(-1).tolist()
+            if classify:
+                metrics[f"{part}_accuracy"] = _accuracy(out, ys).reshape(-1).tolist()
+    return metrics
+
+
+def _record(
+    histories: list[History], models: Sequence[nn.Module], step: int,
+    metrics: dict[str, list[float]], penalties: list[float] | None, extras: dict[str, Callable],
+) -> None:
+    """Append one record step to each model's history; ``record_extra`` is called per model."""
+    for m, (history, model) in enumerate(zip(histories, models)):
+        history.steps.append(step)
+        for key, values in metrics.items():
+            getattr(history, key).append(values[m])
+        if penalties is not None:
+            history.penalty.append(penalties[m])
+        for name, fn in extras.items():
+            value = fn(model)
+            if isinstance(value, Tensor) and value.numel() == 1:
+                value = value.detach().item()
+            if isinstance(value, bool) or not isinstance(value, numbers.Real):
+                raise TypeError(
+                    f"record_extra[{name!r}] must return a real number, got {type(value).__name__}"
+                )
+            history.extra.setdefault(name, []).append(float(value))
+
+
+def _refuse_non_finite(finite: Tensor, step: int, steps: int, objective: Tensor | None = None) -> None:
+    """Raise ``FloatingPointError`` unless every model's step is finite (one host sync).
+
+    ``finite`` is a boolean scalar (:func:`train`, whose message shows the ``objective``)
+    or one entry per model (the ensemble, whose message names the models).
+    """
+    if bool(finite.all()):
+        return
+    if objective is not None:
+        raise FloatingPointError(
+            f"the training objective is {float(objective)} at step {step} of {steps}; "
+            "lower lr or the noise sigma"
+        )
+    bad = torch.nonzero(~finite).flatten().tolist()
+    raise FloatingPointError(
+        f"the loss or its gradient is NaN or infinite for models {bad} at step {step} "
+        f"of {steps}; no model took that step. Lower lr or sigma"
+    )
+
+
+def _run_steps(
+    run: _Run, desc: str, take_step: Callable[[int], None], record: Callable[[int], float],
+    finish: Callable[[], None],
+) -> None:
+    r"""Record at step 0, then ``take_step(t)`` for :math:`t = 1, \dots, T`, recording after
+    every ``record_every``-th and the last; ``record`` returns the (mean) train loss for the
+    progress bar. ``finish()`` runs at the end, also when an error stops training."""
+    bar = tqdm(total=run.steps, desc=desc, disable=not run.show, leave=False)
+    try:
+        record(0)
+        for step in range(1, run.steps + 1):
+            take_step(step)
+            bar.update(1)
+            if step % run.record_every == 0 or step == run.steps:
+                bar.set_postfix({"train_loss" if desc == "train" else "mean_train_loss":
+                                 f"{record(step):.4g}"})
+    finally:
+        bar.close()
+        finish()
+
+
+def _build_optimizer(
+    model: nn.Module, optimizer: object, lr: object, optimizer_kwargs: object
+) -> torch.optim.Optimizer:
+    """Check :func:`train`'s optimizer arguments and return the optimiser to step with."""
+    if isinstance(optimizer, torch.optim.Optimizer):
+        if lr is not None:
+            raise ValueError(
+                "lr must be None when optimizer is a torch.optim.Optimizer instance "
+                "(its param groups hold the step size)"
+            )
+        if optimizer_kwargs is not None:
+            raise ValueError("optimizer_kwargs must be None when optimizer is an instance")
+        owned = {id(p) for p in model.parameters()}
+        if any(id(p) not in owned for group in optimizer.param_groups for p in group["params"]):
+            raise ValueError(
+                "optimizer holds a tensor that is not a parameter of model; build it on "
+                "model.parameters()"
+            )
+        return optimizer
+    if not isinstance(optimizer, str):
+        raise TypeError(
+            f"optimizer must be a name in {tuple(OPTIMIZERS)} or a torch.optim.Optimizer "
+            f"instance, got {type(optimizer).__name__}"
+        )
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"optimizer must be one of {tuple(OPTIMIZERS)}, got {optimizer!r}")
+    if lr is None:
+        raise ValueError(f"lr must be given (a finite real number > 0) with optimizer={optimizer!r}")
+    lr = check_real(lr, "lr", positive=True)
+    if optimizer_kwargs is not None and not isinstance(optimizer_kwargs, dict):
+        raise TypeError(
+            f"optimizer_kwargs must be a dict or None, got {type(optimizer_kwargs).__name__}"
+        )
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("model has no trainable parameters (none with requires_grad=True)")
+    return OPTIMIZERS[optimizer](params, lr, **(optimizer_kwargs or {}))
 
 
 def train(
@@ -289,151 +479,48 @@ def train(
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    x, y = _check_pair(x, y, "x", "y")
-    steps = _check_positive_int(steps, "steps")
-    if isinstance(optimizer, torch.optim.Optimizer):
-        if lr is not None:
-            raise ValueError(
-                "lr must be None when optimizer is a torch.optim.Optimizer instance "
-                "(its param groups hold the step size)"
-            )
-        if optimizer_kwargs is not None:
-            raise ValueError("optimizer_kwargs must be None when optimizer is an instance")
-        owned = {id(p) for p in model.parameters()}
-        for group in optimizer.param_groups:
-            for p in group["params"]:
-                if id(p) not in owned:
-                    raise ValueError(
-                        "optimizer holds a tensor that is not a parameter of model; build it on "
-                        "model.parameters()"
-                    )
-    elif isinstance(optimizer, str):
-        if optimizer not in OPTIMIZERS:
-            raise ValueError(f"optimizer must be one of {tuple(OPTIMIZERS)}, got {optimizer!r}")
-        if lr is None:
-            raise ValueError(f"lr must be given (a finite real number > 0) with optimizer={optimizer!r}")
-        lr = _check_real(lr, "lr", positive=True)
-        if optimizer_kwargs is not None and not isinstance(optimizer_kwargs, dict):
-            raise TypeError(
-                f"optimizer_kwargs must be a dict or None, got {type(optimizer_kwargs).__name__}"
-            )
-    else:
-        raise TypeError(
-            f"optimizer must be a name in {tuple(OPTIMIZERS)} or a torch.optim.Optimizer "
-            f"instance, got {type(optimizer).__name__}"
-        )
+    run = _check_run(x, y, steps, x_test, y_test, record_every, batch_size, progress, record_extra)
+    opt = _build_optimizer(model, optimizer, lr, optimizer_kwargs)
     loss_fn = get_loss(loss)
     if penalty is not None and not callable(penalty):
         raise TypeError(
             f"penalty must be callable (model, x) -> scalar tensor, or None, "
             f"got {type(penalty).__name__}"
         )
-    penalty_weight = _check_real(penalty_weight, "penalty_weight", positive=False)
-    if (x_test is None) != (y_test is None):
-        missing = "y_test" if y_test is None else "x_test"
-        raise ValueError(f"x_test and y_test must be given together; {missing} is missing")
-    if x_test is not None:
-        x_test, y_test = _check_pair(x_test, y_test, "x_test", "y_test")
-    record_every = _check_positive_int(record_every, "record_every")
-    n = x.shape[0]
-    if batch_size is not None:
-        if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral):
-            raise TypeError(
-                f"batch_size must be None or an int in [1, {n}], got {type(batch_size).__name__}"
-            )
-        if not 1 <= batch_size <= n:
-            raise ValueError(f"batch_size must be None or an int in [1, {n}], got {batch_size}")
-        batch_size = int(batch_size)
+    penalty_weight = check_real(penalty_weight, "penalty_weight")
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(
             f"generator must be a torch.Generator or None, got {type(generator).__name__}"
         )
-    show = _show_progress(progress)
     if not isinstance(inject_noise, bool):
         raise TypeError(f"inject_noise must be True or False, got {type(inject_noise).__name__}")
-    if record_extra is not None and not isinstance(record_extra, dict):
-        raise TypeError(
-            f"record_extra must be a dict name -> callable(model), got {type(record_extra).__name__}"
-        )
-    extras = dict(record_extra or {})
-    for name, fn in extras.items():
-        if not isinstance(name, str) or name in _RESERVED:
-            raise ValueError(f"record_extra names must be strings other than {_RESERVED}, got {name!r}")
-        if not callable(fn):
-            raise TypeError(f"record_extra[{name!r}] must be callable fn(model) -> float")
 
     history = History()
-    classify = loss == "ce"
+    batches = _batches(run.x, run.y, run.batch_size, generator)
 
-    def accuracy(logits: Tensor, labels: Tensor) -> float:
-        return float((logits.argmax(dim=1) == labels).double().mean())
-
-    def record(step: int) -> None:
+    def record(step: int) -> float:
         model.eval()
-        with torch.no_grad():
-            out = model(x)
-            history.train_loss.append(float(loss_fn(out, y)))
-            if classify:
-                history.train_accuracy.append(accuracy(out, y))
-            if x_test is not None:
-                out_test = model(x_test)
-                history.test_loss.append(float(loss_fn(out_test, y_test)))
-                if classify:
-                    history.test_accuracy.append(accuracy(out_test, y_test))
-        if penalty is not None:
-            history.penalty.append(float(penalty(model, x).detach()))
-        for name, fn in extras.items():
-            value = fn(model)
-            if isinstance(value, Tensor) and value.numel() == 1:
-                value = value.detach().item()
-            if isinstance(value, bool) or not isinstance(value, numbers.Real):
-                raise TypeError(
-                    f"record_extra[{name!r}] must return a real number, got {type(value).__name__}"
-                )
-            history.extra.setdefault(name, []).append(float(value))
-        history.steps.append(step)
+        metrics = _clean_metrics(model, loss_fn, run, classify=loss == "ce")
+        penalties = None if penalty is None else [float(penalty(model, run.x).detach())]
+        _record([history], [model], step, metrics, penalties, run.extras)
+        model.train(inject_noise)
+        return history.train_loss[-1]
+
+    def take_step(step: int) -> None:
+        x_batch, y_batch = next(batches)
         model.train(inject_noise)
 
-    if isinstance(optimizer, torch.optim.Optimizer):
-        opt = optimizer
-    else:
-        params = [p for p in model.parameters() if p.requires_grad]
-        if not params:
-            raise ValueError("model has no trainable parameters (none with requires_grad=True)")
-        opt = OPTIMIZERS[optimizer](params, lr, **(optimizer_kwargs or {}))
-    full_batch = batch_size is None or batch_size == n
-    batches = None if full_batch else _minibatches(n, batch_size, generator, x.device)
+        def closure() -> Tensor:
+            model.zero_grad(set_to_none=True)
+            objective = loss_fn(model(x_batch), y_batch)
+            if penalty is not None:
+                objective = objective + penalty_weight * penalty(model, x_batch)
+            # One host sync per step: the contract is that the failing update is not applied.
+            _refuse_non_finite(torch.isfinite(objective.detach()), step, run.steps, objective.detach())
+            objective.backward()
+            return objective
 
-    bar = tqdm(total=steps, desc="train", disable=not show, leave=False)
-    try:
-        record(0)
-        for step in range(1, steps + 1):
-            if batches is None:
-                x_batch, y_batch = x, y
-            else:
-                index = next(batches)
-                x_batch, y_batch = x[index], y[index]
-            model.train(inject_noise)
+        opt.step(closure)
 
-            def closure() -> Tensor:
-                model.zero_grad(set_to_none=True)
-                objective = loss_fn(model(x_batch), y_batch)
-                if penalty is not None:
-                    objective = objective + penalty_weight * penalty(model, x_batch)
-                if not bool(torch.isfinite(objective.detach())):
-                    raise FloatingPointError(
-                        f"the training objective is {float(objective.detach())} at step "
-                        f"{step} of {steps}; lower lr or the noise sigma"
-                    )
-                objective.backward()
-                return objective
-
-            opt.step(closure)
-            bar.update(1)
-            if step % record_every == 0 or step == steps:
-                record(step)
-                bar.set_postfix(train_loss=f"{history.train_loss[-1]:.4g}")
-    finally:
-        bar.close()
-        model.eval()
+    _run_steps(run, "train", take_step, record, model.eval)
     return history

@@ -270,6 +270,8 @@ def _call(**overrides):
         (dict(loss="ce"), ValueError, "target"),
         (dict(fast_path="yes"), TypeError, "fast_path"),
         (dict(record_extra={"r": 3}), TypeError, "record_extra"),
+        # Failed before: a History field as an extra name was accepted (train() refuses it).
+        (dict(record_extra={"steps": len}), ValueError, "record_extra"),
         (dict(steps=0), ValueError, "steps"),
         (dict(x_test=torch.zeros(3, 3, dtype=torch.float64)), ValueError, "y_test"),
         (dict(x=torch.zeros(10, 3)), ValueError, "x must"),
