@@ -49,3 +49,39 @@ def check_tensor(value: object, name: str, *, ndim: int | None = None, finite: b
     if finite and not bool(value.isfinite().all()):
         raise ValueError(f"{name} must be finite, but it holds NaN or infinite entries")
     return value
+
+
+def check_choice(value: object, name: str, choices: tuple[str, ...]) -> str:
+    """One of the strings in ``choices``."""
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+    return value
+
+
+def check_generator(generator: object, device: object = None) -> object:
+    """Raise a clear error unless ``generator`` is ``None`` or a generator on ``device``.
+
+    Args:
+        generator: a :class:`torch.Generator`, or ``None`` for torch's global one.
+        device: the device the noise is for (a :class:`torch.device` or a string);
+            ``None`` skips the device check.
+
+    Returns:
+        ``generator``, unchanged.
+
+    Raises:
+        TypeError: if ``generator`` is not a :class:`torch.Generator`.
+        ValueError: if it draws on a different device type than ``device``.
+    """
+    import torch  # here, not at the top: the checks above need only Tensor
+
+    if generator is None:
+        return None
+    if not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+    if device is not None and torch.device(device).type != generator.device.type:
+        raise ValueError(
+            f"generator draws on {generator.device.type!r} but the tensors are on "
+            f"{torch.device(device).type!r}; make it with make_generator(seed, device=...)"
+        )
+    return generator

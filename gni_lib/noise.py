@@ -25,7 +25,6 @@ Jacobians), or noise drawn from the caller's generator (Monte Carlo).
 
 from __future__ import annotations
 
-import math
 import numbers
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -33,46 +32,73 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor, nn
 
+from ._checks import check_choice, check_generator, check_real
+
 __all__ = [
     "GaussianNoise",
     "noise_sites",
     "set_noise",
     "sigma_list",
     "replace_site_outputs",
+    "standard_noise",
     "NOISE_MODES",
+    "NOISE_DISTRIBUTIONS",
 ]
 
 #: The accepted values of ``mode``.
 NOISE_MODES = ("additive", "multiplicative")
 
+#: The accepted values of ``distribution``: standard normal draws, or signs :math:`\pm 1`.
+NOISE_DISTRIBUTIONS = ("gaussian", "rademacher")
+
 
 def _check_sigma(sigma: object, name: str = "sigma") -> float:
-    """Return ``sigma`` as a float, or raise if it is not a finite real >= 0."""
-    if isinstance(sigma, bool) or not isinstance(sigma, numbers.Real):
-        raise TypeError(
-            f"{name} must be a finite real number >= 0 (a standard deviation), "
-            f"got {type(sigma).__name__}"
-        )
-    value = float(sigma)
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(
-            f"{name} must be a finite real number >= 0 (a standard deviation), got {sigma!r}"
-        )
-    return value
+    return check_real(sigma, name, what=" (a standard deviation)")
 
 
-def _check_mode(mode: object) -> str:
-    if not isinstance(mode, str) or mode not in NOISE_MODES:
-        raise ValueError(f"mode must be one of {NOISE_MODES}, got {mode!r}")
-    return mode
+def standard_noise(
+    shape: int | Sequence[int],
+    generator: torch.Generator | None,
+    *,
+    dtype: torch.dtype,
+    device: torch.device | str,
+    distribution: str = "gaussian",
+) -> Tensor:
+    r"""Independent draws :math:`z` with mean 0 and variance 1: the one place gni_lib draws noise.
 
+    Every noise in the library is :math:`\sigma z` with :math:`z` from here, so a run
+    is reproduced number for number by a copy of its generator.
 
-def _check_generator_type(generator: object) -> torch.Generator | None:
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError(
-            f"generator must be a torch.Generator or None, got {type(generator).__name__}"
-        )
-    return generator
+    - ``"gaussian"``: :math:`z_i \sim \mathcal N(0, 1)`, drawn as
+      ``torch.randn(shape, generator=generator, dtype=dtype, device=device)``.
+    - ``"rademacher"``: :math:`P(z_i = 1) = P(z_i = -1) = \tfrac12`, the noise of
+      Orvieto et al. (2022), Thm. 3.1 (same mean and variance as the Gaussian, fourth
+      moment 1 instead of 3), drawn as ``2 * torch.randint(0, 2, shape,
+      generator=generator, device=device) - 1`` cast to ``dtype``.
+
+    The draw depends only on the number of elements: a flat draw of
+    :math:`\prod` ``shape`` numbers, viewed as ``shape``, is the same numbers.
+
+    Args:
+        shape: the shape of :math:`z` (an int for a flat draw).
+        generator: the source; ``None`` uses torch's global generator. It must draw
+            on ``device`` (the callers check this, with their own messages).
+        dtype: the floating-point dtype of :math:`z`.
+        device: where :math:`z` lives.
+        distribution: one of :data:`NOISE_DISTRIBUTIONS`.
+
+    Returns:
+        Tensor: :math:`z`, of shape ``shape``.
+
+    Raises:
+        ValueError: if ``distribution`` is not one of :data:`NOISE_DISTRIBUTIONS`.
+    """
+    size = (shape,) if isinstance(shape, int) else tuple(shape)
+    if distribution == "gaussian":
+        return torch.randn(size, generator=generator, dtype=dtype, device=device)
+    check_choice(distribution, "distribution", NOISE_DISTRIBUTIONS)
+    signs = torch.randint(0, 2, size, generator=generator, device=device)
+    return signs.to(dtype).mul_(2).sub_(1)
 
 
 def sigma_list(sigma: object, count: int, name: str = "sigma") -> list[float]:
@@ -120,9 +146,9 @@ class GaussianNoise(nn.Module):
         \text{multiplicative:}\quad \tilde h = h \odot (1 + \sigma z)
         = h + \sigma\, (h \odot z),
 
-    with :math:`z \sim \mathcal N(0, I)` of the shape of :math:`h`, drawn as
-    ``torch.randn(h.shape, generator=self.generator, device=h.device,
-    dtype=h.dtype)`` at every call. The second form of the multiplicative case is
+    with :math:`z \sim \mathcal N(0, I)` of the shape of :math:`h`, drawn by
+    :func:`standard_noise` (``torch.randn(h.shape, generator=self.generator,
+    dtype=h.dtype, device=h.device)``) at every call. The second form of the multiplicative case is
     Camuto et al. (2020), eq. 6: multiplicative noise is additive noise scaled by
     the activation. In ``eval()`` mode, or when :math:`\sigma = 0`, the site is
     the identity and returns its input object unchanged (no random numbers are
@@ -182,7 +208,7 @@ class GaussianNoise(nn.Module):
 
     @mode.setter
     def mode(self, value: str) -> None:
-        self._mode = _check_mode(value)
+        self._mode = check_choice(value, "mode", NOISE_MODES)
 
     @property
     def generator(self) -> torch.Generator | None:
@@ -190,7 +216,7 @@ class GaussianNoise(nn.Module):
 
     @generator.setter
     def generator(self, value: torch.Generator | None) -> None:
-        self._generator = _check_generator_type(value)
+        self._generator = check_generator(value)
 
     def forward(self, h: Tensor) -> Tensor:
         r"""Return :math:`h + \sigma z` or :math:`h (1 + \sigma z)` in training, else :math:`h`.
@@ -207,7 +233,7 @@ class GaussianNoise(nn.Module):
                 f"{h.device.type!r}; give the GaussianNoise a generator made with "
                 f"make_generator(seed, device={h.device.type!r})"
             )
-        z = torch.randn(h.shape, generator=generator, device=h.device, dtype=h.dtype)
+        z = standard_noise(h.shape, generator, dtype=h.dtype, device=h.device)
         if self._mode == "additive":
             return h + self._sigma * z
         return h * (1.0 + self._sigma * z)

@@ -22,6 +22,7 @@ import os
 
 import torch
 
+from ._checks import check_generator
 from .device import get_device
 
 __all__ = [
@@ -35,6 +36,7 @@ __all__ = [
 
 #: Environment variable that selects the random stream of every chapter.
 SEED_ENV_VAR = "GNI_SEED"
+
 
 def _check_seed(seed: object, name: str = "seed") -> int:
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
@@ -127,23 +129,3 @@ def spawn_generators(
 def _child_seed(seed: int, index: int) -> int:
     digest = hashlib.sha256(f"gni_lib.spawn:{seed}:{index}".encode()).digest()
     return int.from_bytes(digest[:8], "little") >> 1
-
-
-def check_generator(generator: object, device: torch.device | str | None = None) -> None:
-    """Raise a clear error unless ``generator`` is ``None`` or a generator on ``device``.
-
-    Raises:
-        TypeError: if ``generator`` is not a :class:`torch.Generator`.
-        ValueError: if it draws on a different device type than ``device``.
-    """
-    if generator is None:
-        return
-    if not isinstance(generator, torch.Generator):
-        raise TypeError(
-            f"generator must be a torch.Generator or None, got {type(generator).__name__}"
-        )
-    if device is not None and torch.device(device).type != generator.device.type:
-        raise ValueError(
-            f"generator draws on {generator.device.type!r} but the tensors are on "
-            f"{torch.device(device).type!r}; make it with make_generator(seed, device=...)"
-        )
