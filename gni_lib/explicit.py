@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from ._checks import check_int, check_real
-from .gap import per_example_loss
+from .losses import per_example_loss
 from .jacobians import check_input, check_model, check_target
 from .noise import GaussianNoise
 from .gap import noisy_loss_gap

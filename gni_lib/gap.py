@@ -28,7 +28,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .jacobians import (
@@ -39,6 +38,7 @@ from .jacobians import (
     check_target,
     run_model,
 )
+from .losses import per_example_loss  # noqa: F401 (the chapters import it from here)
 from .noise import replace_site_outputs
 from .regularisers import check_loss
 from .seeding import check_generator
@@ -47,23 +47,6 @@ __all__ = ["noisy_loss_gap", "per_example_loss"]
 
 #: Rows (draws x examples) per vectorised forward pass.
 ROWS_PER_CHUNK = 8192
-
-
-def per_example_loss(output: Tensor, y: Tensor, loss: str) -> Tensor:
-    r"""The loss of each example, before the batch mean.
-
-    ``"mse"``: :math:`\tfrac12 \lVert y_b - \hat y_b \rVert^2` for outputs and targets of
-    shape :math:`(N, d_L)`; ``"ce"``: the softmax cross-entropy of logits :math:`(N, C)`
-    against integer labels :math:`(N,)`. Returns shape :math:`(N,)`.
-
-    Raises:
-        ValueError: for a ``loss`` other than ``"mse"`` or ``"ce"``.
-    """
-    if loss not in ("mse", "ce"):
-        raise ValueError(f"loss must be 'mse' or 'ce', got {loss!r}")
-    if loss == "mse":
-        return 0.5 * (output - y).pow(2).sum(dim=1)
-    return F.cross_entropy(output, y, reduction="none")
 
 
 def noisy_loss_gap(

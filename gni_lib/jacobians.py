@@ -15,38 +15,38 @@ activation entering site :math:`k`. This is the :math:`J_k` of Camuto et al.
 moves the output by :math:`J_k \varepsilon_k`, so the explicit regulariser
 (:mod:`gni_lib.regularisers`) is built from these matrices.
 
-**How they are computed.** One clean forward pass, then one batched set of
-vector-Jacobian products (VJPs) over the :math:`d_L` output basis vectors:
-example :math:`b`'s output depends only on example :math:`b`'s activations, so
-the cotangent :math:`e_i` on every example at once gives row :math:`i` of every
-example's :math:`J_k`, at all sites together. No loop over examples or sites.
+**How they are computed.** One clean forward pass, then the vector-Jacobian
+products (VJPs) of cotangent rows :math:`C` on the output (:math:`C = I`: the
+:math:`d_L` basis vectors) at every site together: example :math:`b`'s output
+depends only on example :math:`b`'s activations, so the cotangent :math:`e_i` on
+every example at once gives row :math:`i` of every example's :math:`J_k`. No
+loop over examples or sites. :func:`site_products` takes the parameters as an
+argument and composes with :func:`torch.func.vmap` over stacked models.
 
-- Any module: a zero perturbation :math:`\delta_k` is added at every site
-  (:func:`gni_lib.noise.replace_site_outputs`) and
-  :math:`J_k = \partial h_L / \partial \delta_k` comes from
-  ``torch.autograd.grad(..., is_grads_batched=True)``.
-- A plain MLP (an ``nn.Sequential`` of ``nn.Linear`` layers, elementwise
-  activations, and ``GaussianNoise`` sites each directly in front of a linear
-  layer, as :func:`gni_lib.models.MLP` builds): the same products written out
-  as the backward recursion :math:`G_{k-1} = (G_k \odot \phi'(z_k)) W_k`, with
-  :math:`G` of shape :math:`(B, d_L, d_k)`, one matrix product per layer. This
-  is the same arithmetic without autograd's per-call overhead, and it stays
-  differentiable (with plain autograd) with respect to the parameters.
+- A plain MLP (:func:`gni_lib.models.mlp_structure`): the backward recursion
+  :math:`G_{m-1} = (G_m \odot \phi_m'(z_m)) W_m` of :func:`gni_lib.models.mlp_backward`,
+  one matrix product per layer, without autograd's per-call overhead.
+- Any other module: a zero perturbation :math:`\delta_k` is added at every site
+  (:func:`gni_lib.noise.replace_site_outputs`), and
+  :math:`C J_k = C\, \partial h_L / \partial \delta_k` comes from
+  :func:`torch.func.vjp`, vectorised over the rows of :math:`C` with :func:`torch.func.vmap`.
+
+Both are differentiable with respect to the parameters with ordinary autograd.
 """
 
 from __future__ import annotations
 
-import numbers
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.func import functional_call
 
+from ._checks import check_int as check_positive_int  # noqa: F401 (imported from here)
+from .models import MLPStructure, mlp_backward, mlp_forward, mlp_structure, mlp_weights  # noqa: F401
 from .noise import GaussianNoise, noise_sites, replace_site_outputs
 
-__all__ = ["layer_jacobians"]
+__all__ = ["layer_jacobians", "site_products"]
 
 
 # --- input checks shared by the regulariser, the gap and the curvature modules -------
@@ -82,15 +82,6 @@ def check_input(x: object) -> Tensor:
     return x
 
 
-def check_positive_int(value: object, name: str, minimum: int = 1) -> int:
-    """Return ``value`` as an int; raise unless it is an int >= ``minimum`` (not a bool)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int >= {minimum}, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value}")
-    return int(value)
-
-
 def check_target(y: object, output: Tensor, loss: str) -> Tensor:
     """Raise unless ``y`` is a valid target for ``output`` under ``loss`` ("mse" or "ce")."""
     if not isinstance(y, Tensor):
@@ -122,11 +113,11 @@ def check_target(y: object, output: Tensor, loss: str) -> Tensor:
     return y
 
 
-def run_model(model: nn.Module, x: Tensor) -> Tensor:
-    """``model(x)``, with a shape or dtype mismatch reported as a ValueError naming ``x``,
-    and the output checked to be (B, d_L)."""
+def run_model(model: nn.Module, x: Tensor, params: Mapping[str, Tensor] | None = None) -> Tensor:
+    """``model(x)`` (with ``params`` by :func:`torch.func.functional_call`), a shape or dtype
+    mismatch reported as a ValueError naming ``x``, and the output checked to be (B, d_L)."""
     try:
-        output = model(x)
+        output = model(x) if params is None else functional_call(model, params, (x,))
     except RuntimeError as error:
         raise ValueError(
             f"x of shape {tuple(x.shape)} (dtype {x.dtype}, device {x.device}) does not fit "
@@ -151,197 +142,49 @@ def check_calls(calls: list[int]) -> None:
             )
 
 
-# --- plain MLPs: the layer structure ------------------------------------------------------
-
-#: Elementwise activations the MLP routes understand (no parameters, one coordinate at a time).
-ELEMENTWISE = (
-    nn.Identity,
-    nn.Tanh,
-    nn.ReLU,
-    nn.ELU,
-    nn.CELU,
-    nn.SELU,
-    nn.LeakyReLU,
-    nn.Sigmoid,
-    nn.Softplus,
-    nn.SiLU,
-    nn.GELU,
-    nn.Mish,
-    nn.Softsign,
-)
+# --- the vector-Jacobian products at the sites ------------------------------------------
 
 
-@dataclass
-class MLPStructure:
-    """A plain MLP split into its layers.
-
-    Attributes:
-        prefix: elementwise modules applied to ``x`` before the first linear layer.
-        layers: ``(linear, elementwise modules after it)`` for each linear layer.
-        site_layers: for each noise site (``noise_sites`` order), the index of the
-            linear layer it feeds directly, or ``None`` when something else follows it.
-    """
-
-    prefix: list[nn.Module]
-    layers: list[tuple[nn.Linear, list[nn.Module]]]
-    site_layers: list[int | None]
+def output_basis(output: Tensor) -> Tensor:
+    """The cotangents :math:`e_i` on every example: (B, d_L, d_L), the identity per example."""
+    batch, d_out = output.shape[-2:]
+    eye = torch.eye(d_out, device=output.device, dtype=output.dtype)
+    return eye.expand(batch, d_out, d_out)
 
 
-def mlp_structure(model: nn.Module) -> MLPStructure | None:
-    """The layers of ``model`` if it is a plain MLP, else ``None``.
-
-    A plain MLP is an ``nn.Sequential`` (exactly that class) whose children are
-    ``nn.Linear`` (exactly that class), ``GaussianNoise`` and the :data:`ELEMENTWISE`
-    activations, with at least one linear layer. Its noise sites are the
-    identity at the clean pass. The MLP routes read these layers directly, so
-    forward hooks a user has put on them are not run.
-    """
-    if type(model) is not nn.Sequential:  # a subclass may override forward
-        return None
-    prefix: list[nn.Module] = []
-    layers: list[tuple[nn.Linear, list[nn.Module]]] = []
-    site_layers: list[int | None] = []
-    pending: int | None = None  # a site whose next child has not been seen yet
-    for child in model:
-        if pending is not None:
-            site_layers[pending] = len(layers) if type(child) is nn.Linear else None
-            pending = None
-        if type(child) is nn.Linear:
-            layers.append((child, []))
-        elif isinstance(child, GaussianNoise):
-            site_layers.append(None)
-            pending = len(site_layers) - 1
-        elif type(child) in ELEMENTWISE:
-            (layers[-1][1] if layers else prefix).append(child)
-        else:
-            return None
-    return MLPStructure(prefix, layers, site_layers) if layers else None
-
-
-def _closed_form_derivative(module: nn.Module, z: Tensor, a: Tensor) -> Tensor | None:
-    r""":math:`\phi'(z)` for the common activations, from :math:`z` and :math:`a = \phi(z)`."""
-    kind = type(module)
-    if kind is nn.Tanh:
-        return 1 - a * a
-    if kind is nn.Sigmoid:
-        return a * (1 - a)
-    if kind is nn.ReLU:
-        return (z > 0).to(z.dtype)
-    if kind is nn.LeakyReLU:
-        return torch.where(z > 0, torch.ones_like(z), torch.full_like(z, module.negative_slope))
-    if kind is nn.ELU:
-        return torch.where(z > 0, torch.ones_like(z), a + module.alpha)
-    return None
-
-
-def _autograd_derivative(module: nn.Module, z: Tensor, a: Tensor) -> Tensor:
-    r""":math:`\phi'(z)` of an elementwise module by autograd, differentiable if ``z`` is."""
-    if torch.is_grad_enabled() and z.requires_grad:
-        (d1,) = torch.autograd.grad(a.sum(), z, create_graph=True)
-        return d1
-    with torch.enable_grad():
-        leaf = z.detach().requires_grad_(True)
-        (d1,) = torch.autograd.grad(module(leaf).sum(), leaf)
-    return d1
-
-
-def apply_elementwise(modules: list[nn.Module], z: Tensor) -> tuple[Tensor, Tensor | None]:
-    r"""The composite elementwise map: :math:`a = \phi(z)` and :math:`\phi'(z)`
-    (``None`` for the identity), differentiable when autograd is on."""
-    a, derivative = z, None
-    for module in modules:
-        if type(module) is nn.Identity:
-            continue
-        out = module(a)
-        d1 = _closed_form_derivative(module, a, out)
-        if d1 is None:
-            d1 = _autograd_derivative(module, a, out)
-        derivative = d1 if derivative is None else derivative * d1
-        a = out
-    return a, derivative
-
-
-def mlp_forward(
-    structure: MLPStructure, x: Tensor
-) -> tuple[list[Tensor], list[Tensor | None], Tensor]:
-    r"""The clean forward pass of a plain MLP.
-
-    Returns:
-        ``(inputs, first, output)``: ``inputs[m]`` is the input :math:`a_{m-1}` of
-        linear layer ``m``, ``first[m]`` is :math:`\phi_m'(z_m)` (``None`` for the
-        identity), and ``output`` is :math:`h_L`.
-
-    Raises:
-        ValueError: if ``x`` does not fit the first layer (shape, dtype or device).
-    """
+def _mlp_products(
+    structure: MLPStructure, params: Mapping[str, Tensor] | None, x: Tensor, rows: Callable
+) -> tuple[Tensor, list[Tensor], list[Tensor]]:
     try:
-        a = x
-        for module in structure.prefix:
-            a = module(a)
-        inputs, first = [], []
-        for linear, modules in structure.layers:
-            inputs.append(a)
-            a, d1 = apply_elementwise(modules, F.linear(a, linear.weight, linear.bias))
-            first.append(d1)
+        clean = mlp_forward(structure, x, params)
     except RuntimeError as error:
         raise ValueError(
             f"x of shape {tuple(x.shape)} (dtype {x.dtype}, device {x.device}) does not fit "
             f"the model: {error}"
         ) from error
-    return inputs, first, a
+    layers: list[int] = structure.site_layers  # type: ignore[assignment]
+    weights = [w for w, _ in mlp_weights(structure, params)]
+    grads = mlp_backward(weights, clean.first, rows(clean.output), stop=min(layers))
+    return clean.output, [clean.inputs[m] for m in layers], [grads[m] for m in layers]
 
 
-# --- the clean pass and its vector-Jacobian products at the sites ----------------------
+def site_pass(
+    model: nn.Module, x: Tensor, params: Mapping[str, Tensor] | None = None
+) -> tuple[Tensor, list[Tensor]]:
+    """The clean pass without a graph, checked: the output and the activations entering the sites.
 
-
-@dataclass
-class CleanPass:
-    r"""The clean forward pass, ready for vector-Jacobian products at the noise sites.
-
-    Attributes:
-        output: :math:`h_L`, shape (B, d_L).
-        activations: the clean :math:`h_k` entering each site, flattened to (B, d_k).
-        sites: the ``GaussianNoise`` modules, in :func:`noise_sites` order.
-        vjp: maps cotangents :math:`C` of shape (B, c, d_L) to the products
-            :math:`C_b J_k(x_b)`, one tensor (B, c, d_k) per site; ``None`` stands
-            for the identity (:math:`c = d_L`), which gives the :math:`J_k` themselves.
-        deltas: the zero perturbations (generic route only, else ``None``).
+    Raises:
+        ValueError: if ``x`` does not fit the model, the output is not (B, d_L), or a
+            site is not used exactly once or does not see a batch-first activation.
     """
+    activations: list[Tensor] = []
 
-    output: Tensor
-    activations: list[Tensor]
-    sites: list[GaussianNoise]
-    vjp: Callable[[Tensor], list[Tensor]]
-    deltas: list[Tensor] | None = None
+    def record(k: int, h: Tensor) -> Tensor:
+        activations.append(h)
+        return h
 
-
-def wants_graph(model: nn.Module, x: Tensor) -> bool:
-    """True when results should be differentiable: autograd on and something requires grad."""
-    if not torch.is_grad_enabled():
-        return False
-    return x.requires_grad or any(p.requires_grad for p in model.parameters())
-
-
-def perturbed_pass(model: nn.Module, x: Tensor) -> CleanPass:
-    """The generic route: run ``model`` with noise off and a zero leaf added at every site.
-
-    Autograd is switched on for the pass (also under ``torch.no_grad()``), so
-    that derivatives with respect to the perturbations can be taken; the
-    returned ``vjp`` keeps a graph only when autograd is on at the call.
-    """
-    sites = check_model(model)
-    x = check_input(x)
-    deltas: list[Tensor | None] = [None] * len(sites)
-    activations: list[Tensor | None] = [None] * len(sites)
-
-    def add_zero(k: int, h: Tensor) -> Tensor:
-        delta = torch.zeros_like(h, requires_grad=True)
-        deltas[k] = delta
-        activations[k] = h.reshape(h.shape[0], -1)
-        return h + delta
-
-    with torch.enable_grad(), replace_site_outputs(model, add_zero) as calls:
-        output = run_model(model, x)
+    with torch.no_grad(), replace_site_outputs(model, record) as calls:
+        output = run_model(model, x, params)
     check_calls(calls)
     for k, h in enumerate(activations):
         if h.shape[0] != x.shape[0]:
@@ -349,73 +192,67 @@ def perturbed_pass(model: nn.Module, x: Tensor) -> CleanPass:
                 f"model's noise site {k} sees an activation of shape {tuple(h.shape)}; "
                 f"it must be batch first, (B, ...) with B = {x.shape[0]}"
             )
-    create_graph = wants_graph(model, x)
-
-    def vjp(cotangents: Tensor | None) -> list[Tensor]:
-        if cotangents is None:
-            cotangents = output_basis(output)
-        batch, count = cotangents.shape[:2]
-        if not output.requires_grad:  # the output depends on no site
-            return [h.new_zeros((batch, count, h.shape[1])) for h in activations]
-        grads = torch.autograd.grad(
-            output,
-            deltas,
-            grad_outputs=cotangents.transpose(0, 1),
-            is_grads_batched=True,
-            create_graph=create_graph,
-            retain_graph=True,
-            allow_unused=True,
-            materialize_grads=True,
-        )
-        return [g.reshape(count, batch, -1).transpose(0, 1) for g in grads]
-
-    return CleanPass(output, activations, sites, vjp, deltas)  # type: ignore[arg-type]
+    return output, activations
 
 
-def clean_pass(model: nn.Module, x: Tensor) -> CleanPass:
-    """The clean pass of ``model`` at ``x``: the MLP route when it applies, else the generic one.
+def _generic_products(
+    model: nn.Module, params: Mapping[str, Tensor] | None, x: Tensor, rows: Callable
+) -> tuple[Tensor, list[Tensor], list[Tensor]]:
+    _, clean = site_pass(model, x, params)  # for the shapes of the perturbations
 
-    Results are differentiable with respect to the parameters when autograd is
-    on (and something requires grad); under ``torch.no_grad()`` no graph is kept.
+    def perturbed(*deltas: Tensor) -> tuple[Tensor, list[Tensor]]:
+        activations: list[Tensor] = [x] * len(deltas)
+
+        def add(k: int, h: Tensor) -> Tensor:
+            activations[k] = h.reshape(h.shape[0], -1)
+            return h + deltas[k]
+
+        with replace_site_outputs(model, add):
+            output = model(x) if params is None else functional_call(model, params, (x,))
+        return output, activations
+
+    zeros = [torch.zeros_like(h) for h in clean]
+    output, vjp, activations = torch.func.vjp(perturbed, *zeros, has_aux=True)
+    cotangents = rows(output)  # (B, c, d_L)
+    count = cotangents.shape[1]
+    products = torch.func.vmap(vjp)(cotangents.transpose(0, 1))  # per site (c, B, ...)
+    return output, activations, [p.reshape(count, x.shape[0], -1).transpose(0, 1) for p in products]
+
+
+def site_products(
+    model: nn.Module,
+    params: Mapping[str, Tensor] | None,
+    x: Tensor,
+    rows: Callable[[Tensor], Tensor] = output_basis,
+) -> tuple[Tensor, list[Tensor], list[Tensor]]:
+    r"""The clean pass and the products :math:`C_b J_k(x_b)` at every noise site.
+
+    .. math::
+
+        P_k[b] = C_b\, J_k(x_b), \qquad J_k = rac{\partial h_L}{\partial h_k},
+
+    with the cotangent rows :math:`C = ` ``rows(output)`` (a function of the clean
+    output, such as the root of the loss Hessian; the identity gives the
+    :math:`J_k`). The MLP route when :func:`gni_lib.models.mlp_structure` applies
+    and every site feeds a linear layer, else the generic route (see the module
+    docstring). ``params`` (names as in ``model.named_parameters()``) replace the
+    model's parameters, as in :func:`torch.func.functional_call`; ``None`` uses
+    them. No data-dependent checks, so it composes with :func:`torch.func.vmap`
+    over stacked ``params``; differentiable with autograd.
+
+    Shapes:
+        ``x`` :math:`(B, \dots)`; returns ``(output, activations, products)``:
+        :math:`h_L` (B, d_L), the clean :math:`h_k` entering each site flattened
+        to (B, d_k), and :math:`P_k` (B, c, d_k), in :func:`gni_lib.noise.noise_sites` order.
+
+    Raises:
+        ValueError: if ``x`` does not fit the model, the output is not (B, d_L), or a
+            site is not used exactly once or not batch first.
     """
-    sites = check_model(model)
-    x = check_input(x)
     structure = mlp_structure(model) if x.ndim == 2 else None
-    if structure is None or any(m is None for m in structure.site_layers):
-        return perturbed_pass(model, x)
-    create_graph = wants_graph(model, x)
-    with torch.set_grad_enabled(create_graph):
-        inputs, first, output = mlp_forward(structure, x)
-    site_layers: list[int] = structure.site_layers  # type: ignore[assignment]
-    activations = [inputs[m] for m in site_layers]
-    earliest = min(site_layers)
-    weights = [linear.weight for linear, _ in structure.layers]
-
-    def vjp(cotangents: Tensor | None) -> list[Tensor]:
-        results: list[Tensor | None] = [None] * len(sites)
-        with torch.set_grad_enabled(create_graph):
-            g = cotangents  # (B, c, d_L), with respect to the output a_M; None: the identity
-            for m in range(len(weights) - 1, earliest - 1, -1):
-                if g is None:  # the first step from the identity: rows of diag(phi') W
-                    weight = weights[m].expand(output.shape[0], *weights[m].shape)
-                    g = weight if first[m] is None else first[m].unsqueeze(2) * weight
-                else:
-                    if first[m] is not None:
-                        g = g * first[m].unsqueeze(1)  # with respect to z_m
-                    g = g @ weights[m]  # with respect to a_{m-1}, the input of layer m
-                for k, layer in enumerate(site_layers):
-                    if layer == m:
-                        results[k] = g
-        return results  # type: ignore[return-value]
-
-    return CleanPass(output, activations, sites, vjp)
-
-
-def output_basis(output: Tensor) -> Tensor:
-    """The cotangents :math:`e_i` on every example: (B, d_L, d_L), the identity per example."""
-    batch, d_out = output.shape
-    eye = torch.eye(d_out, device=output.device, dtype=output.dtype)
-    return eye.expand(batch, d_out, d_out)
+    if structure is None or None in structure.site_layers:
+        return _generic_products(model, params, x, rows)
+    return _mlp_products(structure, params, x, rows)
 
 
 def layer_jacobians(model: nn.Module, x: Tensor) -> list[Tensor]:
@@ -460,5 +297,6 @@ def layer_jacobians(model: nn.Module, x: Tensor) -> list[Tensor]:
             not fit the model (shape, dtype or device); or the output is not
             (B, d_L).
     """
-    jacobians = clean_pass(model, x).vjp(None)
+    check_model(model)
+    _, _, jacobians = site_products(model, None, check_input(x))
     return [J if J.is_contiguous() else J.contiguous() for J in jacobians]

@@ -18,7 +18,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["mse_loss", "ce_loss", "get_loss", "LOSSES", "ce_hessian_root", "ce_hessian_diag_root"]
+__all__ = [
+    "mse_loss", "ce_loss", "get_loss", "LOSSES", "per_example_loss", "ce_hessian_root",
+    "ce_hessian_diag_root",
+]
 
 
 def _check_tensor(value: object, name: str) -> Tensor:
@@ -128,6 +131,35 @@ def get_loss(name: str) -> Callable[[Tensor, Tensor], Tensor]:
     if not isinstance(name, str) or name not in LOSSES:
         raise ValueError(f"loss must be one of {tuple(LOSSES)}, got {name!r}")
     return LOSSES[name]
+
+
+def per_example_loss(output: Tensor, y: Tensor, loss: str) -> Tensor:
+    r"""The loss of each example, before the batch mean, without checks on the values.
+
+    .. math::
+
+        \ell_b = \tfrac12 \lVert y_b - \hat y_b \rVert^2 \ (\texttt{"mse"}), \qquad
+        \ell_b = -\log \operatorname{softmax}(\hat y_b)_{y_b} \ (\texttt{"ce"}).
+
+    The unchecked core of :func:`mse_loss` and :func:`ce_loss`: no data-dependent
+    checks, so it composes with :func:`torch.func.vmap` and the other transforms.
+    Leading axes broadcast: a model axis on ``output`` (and, for ``"ce"``, labels
+    of the batch shape) works.
+
+    Shapes:
+        ``output`` :math:`(\dots, N, d_L)`; ``y`` the same shape (``"mse"``) or int64
+        labels :math:`(\dots, N)` (``"ce"``); returns :math:`(\dots, N)`.
+
+    Raises:
+        ValueError: for a ``loss`` other than ``"mse"`` or ``"ce"``.
+    """
+    if loss not in ("mse", "ce"):
+        raise ValueError(f"loss must be 'mse' or 'ce', got {loss!r}")
+    if loss == "mse":
+        return 0.5 * (output - y).pow(2).sum(dim=-1)
+    log_p = torch.log_softmax(output, dim=-1)
+    index = y.expand(output.shape[:-1]).unsqueeze(-1)
+    return -log_p.gather(-1, index).squeeze(-1)
 
 
 def _check_logits_any_batch(logits: object) -> Tensor:

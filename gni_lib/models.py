@@ -13,19 +13,33 @@ where :math:`\tilde h_k` is :math:`h_k` after the noise site :math:`k`
 This is the setting of Camuto et al. (2020), Sec. 2: Gaussian noise is added to
 the input and to every hidden activation, and the output layer is linear with no
 noise after it.
+
+**The MLP core.** The routes that need the layers of a plain MLP (layer
+Jacobians, the explicit regulariser, the Hessian trace, the ensemble) read them
+from here, on tensors: :func:`mlp_structure` recognises a plain MLP,
+:func:`mlp_forward` runs its clean pass and returns, per linear layer :math:`m`,
+its input :math:`a_{m-1}`, :math:`\phi_m'(z_m)` and, if asked, :math:`\phi_m''(z_m)`
+(:math:`z_m = W_m a_{m-1} + b_m`), and :func:`mlp_backward` runs the backward
+recursion :math:`G_{m-1} = (G_m \odot \phi_m'(z_m)) W_m`. They take the weights
+from a ``params`` mapping (names as in ``model.named_parameters()``), so they
+compose with :func:`torch.func.vmap` over a stacked-parameter axis
+(:func:`torch.func.stack_module_state`) and with autograd.
 """
 
 from __future__ import annotations
 
 import numbers
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import torch
-from torch import nn
+import torch.nn.functional as F
+from torch import Tensor, nn
 
 from .noise import GaussianNoise, sigma_list
 
-__all__ = ["MLP", "ACTIVATIONS"]
+__all__ = ["MLP", "ACTIVATIONS", "ELEMENTWISE", "MLPStructure", "MLPPass", "mlp_structure",
+           "mlp_forward", "mlp_backward", "elementwise"]
 
 #: The accepted activations and the modules that implement them. ``"linear"``
 #: uses :class:`torch.nn.Identity`, so a linear network has the same children
@@ -36,6 +50,13 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {
     "elu": nn.ELU,
     "linear": nn.Identity,
 }
+
+#: The elementwise activations a plain MLP may use (no parameters, one coordinate at
+#: a time); :data:`ACTIVATIONS` names the common ones.
+ELEMENTWISE: tuple[type[nn.Module], ...] = (
+    nn.Identity, nn.Tanh, nn.ReLU, nn.ELU, nn.CELU, nn.SELU, nn.LeakyReLU, nn.Sigmoid,
+    nn.Softplus, nn.SiLU, nn.GELU, nn.Mish, nn.Softsign,
+)
 
 
 def _check_widths(widths: object) -> list[int]:
@@ -133,3 +154,223 @@ def MLP(
         if k < n_layers - 1:
             children.append(ACTIVATIONS[activation]())
     return nn.Sequential(*children)
+
+
+# --- the MLP core: recognise, forward, backward ------------------------------------------------
+
+
+@dataclass
+class MLPStructure:
+    """A plain MLP split into its layers.
+
+    Attributes:
+        prefix: elementwise modules applied to ``x`` before the first linear layer.
+        layers: ``(linear, elementwise modules after it)`` for each linear layer.
+        site_layers: for each noise site (:func:`gni_lib.noise.noise_sites` order), the
+            index of the linear layer it feeds directly, or ``None`` when something
+            else follows it.
+        names: ``(weight name, bias name or None)`` of each linear layer, as keys of
+            ``model.named_parameters()`` (and of :func:`torch.func.stack_module_state`).
+    """
+
+    prefix: list[nn.Module]
+    layers: list[tuple[nn.Linear, list[nn.Module]]]
+    site_layers: list[int | None]
+    names: list[tuple[str, str | None]]
+
+
+def mlp_structure(model: nn.Module) -> MLPStructure | None:
+    """The layers of ``model`` if it is a plain MLP, else ``None``: the one rule for "plain MLP".
+
+    A plain MLP is an ``nn.Sequential`` (exactly that class: a subclass may override
+    ``forward``) whose children are ``nn.Linear`` (exactly that class),
+    ``GaussianNoise`` sites and :data:`ELEMENTWISE` activations (exactly those
+    classes), with at least one linear layer; :func:`MLP` builds one. At the clean
+    pass its noise sites are the identity. The routes that use the structure read
+    the layers' weights directly, so forward hooks on the layers are not run.
+    """
+    if type(model) is not nn.Sequential:
+        return None
+    prefix: list[nn.Module] = []
+    layers: list[tuple[nn.Linear, list[nn.Module]]] = []
+    site_layers: list[int | None] = []
+    names: list[tuple[str, str | None]] = []
+    pending: int | None = None  # a site whose next child has not been seen yet
+    for name, child in model.named_children():
+        if pending is not None:
+            site_layers[pending] = len(layers) if type(child) is nn.Linear else None
+            pending = None
+        if type(child) is nn.Linear:
+            layers.append((child, []))
+            names.append((f"{name}.weight", f"{name}.bias" if child.bias is not None else None))
+        elif isinstance(child, GaussianNoise):
+            site_layers.append(None)
+            pending = len(site_layers) - 1
+        elif type(child) in ELEMENTWISE:
+            (layers[-1][1] if layers else prefix).append(child)
+        else:
+            return None
+    return MLPStructure(prefix, layers, site_layers, names) if layers else None
+
+
+def _closed_forms(
+    module: nn.Module, z: Tensor, a: Tensor, second: bool
+) -> tuple[Tensor, Tensor | None] | None:
+    r""":math:`\phi'(z)` and (with ``second``) :math:`\phi''(z)` of the common activations,
+    from :math:`z` and :math:`a = \phi(z)`; ``None`` for the other activations."""
+    kind = type(module)
+    if kind is nn.Tanh:
+        d1 = 1 - a * a
+        return d1, -2 * a * d1 if second else None
+    if kind is nn.Sigmoid:
+        d1 = a * (1 - a)
+        return d1, d1 * (1 - 2 * a) if second else None
+    zero = torch.zeros_like(z) if second else None
+    if kind is nn.ReLU:
+        return (z > 0).to(z.dtype), zero
+    if kind is nn.LeakyReLU:
+        return torch.where(z > 0, torch.ones_like(z), torch.full_like(z, module.negative_slope)), zero
+    if kind is nn.ELU:
+        positive = z > 0
+        return torch.where(positive, torch.ones_like(z), a + module.alpha), (
+            torch.where(positive, torch.zeros_like(z), a + module.alpha) if second else None
+        )
+    return None
+
+
+def elementwise(
+    modules: Sequence[nn.Module], z: Tensor, *, second: bool = False
+) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    r"""The composite elementwise map :math:`\phi = \phi_n \circ \dots \circ \phi_1` and its derivatives.
+
+    .. math::
+
+        (f \circ g)' = f'(g)\, g', \qquad (f \circ g)'' = f''(g)\, g'^2 + f'(g)\, g''.
+
+    Closed forms for tanh, sigmoid, ReLU, leaky ReLU and ELU; any other module
+    by forward-mode autograd (:func:`torch.func.jvp` with a tangent of ones), so
+    that the result composes with :func:`torch.func.vmap` and is differentiable
+    in ``z`` with ordinary autograd.
+
+    Shapes:
+        ``z`` any shape; every result has ``z``'s shape.
+
+    Returns:
+        ``(a, d1, d2)``: :math:`\phi(z)`, :math:`\phi'(z)` (``None`` for the identity)
+        and, with ``second``, :math:`\phi''(z)` (``None`` when it is zero, or not asked).
+    """
+    a, d1, d2 = z, None, None
+    for module in modules:
+        if type(module) is nn.Identity:
+            continue
+        out = module(a)
+        forms = _closed_forms(module, a, out, second)
+        if forms is None and not second:
+            forms = (torch.func.jvp(module, (a,), (torch.ones_like(a),))[1], None)
+        elif forms is None:
+            def derivative(u: Tensor, module: nn.Module = module) -> Tensor:
+                return torch.func.jvp(module, (u,), (torch.ones_like(u),))[1]
+
+            forms = torch.func.jvp(derivative, (a,), (torch.ones_like(a),))
+        e1, e2 = forms
+        if second:
+            d2 = e2 if d1 is None else e2 * d1 * d1 + (0 if d2 is None else e1 * d2)
+        d1 = e1 if d1 is None else e1 * d1
+        a = out
+    return a, d1, d2
+
+
+@dataclass
+class MLPPass:
+    r"""The clean forward pass of a plain MLP with :math:`M` linear layers.
+
+    Attributes:
+        inputs: ``inputs[m]`` is :math:`a_{m-1}`, the input of linear layer ``m``, (B, d_{m-1}).
+        first: ``first[m]`` is :math:`\phi_m'(z_m)`, (B, d_m); ``None`` for the identity.
+        second: ``second[m]`` is :math:`\phi_m''(z_m)`; ``None`` when zero or not asked.
+        output: :math:`a_M = h_L`, (B, d_L).
+    """
+
+    inputs: list[Tensor]
+    first: list[Tensor | None]
+    second: list[Tensor | None]
+    output: Tensor
+
+
+def mlp_weights(
+    structure: MLPStructure, params: Mapping[str, Tensor] | None = None
+) -> list[tuple[Tensor, Tensor | None]]:
+    """``(W_m, b_m)`` of each linear layer: from ``params`` by name, else from the modules."""
+    if params is None:
+        return [(linear.weight, linear.bias) for linear, _ in structure.layers]
+    return [(params[w], None if b is None else params[b]) for w, b in structure.names]
+
+
+def mlp_forward(
+    structure: MLPStructure,
+    x: Tensor,
+    params: Mapping[str, Tensor] | None = None,
+    *,
+    second: bool = False,
+) -> MLPPass:
+    r"""The clean forward pass of a plain MLP, with :math:`\phi'` (and :math:`\phi''`) at every layer.
+
+    .. math::
+
+        a_0 = \text{prefix}(x), \qquad z_m = W_m a_{m-1} + b_m, \qquad a_m = \phi_m(z_m),
+
+    for :math:`m = 1, \dots, M` (0-based ``m`` in the lists). The weights come from
+    ``params`` (keys :attr:`MLPStructure.names`) or, if ``None``, from the modules.
+    Pure tensor code: under :func:`torch.func.vmap` over stacked ``params`` it
+    runs every model at once; differentiable with autograd.
+
+    Shapes:
+        ``x`` :math:`(B, d_0)`; see :class:`MLPPass`.
+
+    Raises:
+        RuntimeError: (from torch) if ``x`` does not fit the first layer.
+    """
+    a = x
+    for module in structure.prefix:
+        a = module(a)
+    inputs, first, seconds = [], [], []
+    for (weight, bias), (_, modules) in zip(mlp_weights(structure, params), structure.layers):
+        inputs.append(a)
+        a, d1, d2 = elementwise(modules, F.linear(a, weight, bias), second=second)
+        first.append(d1)
+        seconds.append(d2)
+    return MLPPass(inputs, first, seconds, a)
+
+
+def mlp_backward(
+    weights: Sequence[Tensor], first: Sequence[Tensor | None], g: Tensor, stop: int = 0
+) -> list[Tensor | None]:
+    r"""The backward recursion of a plain MLP: cotangents of every layer's input.
+
+    .. math::
+
+        G_M = g, \qquad G_{m-1} = \bigl(G_m \odot \phi_m'(z_m)\bigr) W_m,
+
+    so that for cotangent rows :math:`g = C` on the output, :math:`G_{m-1} = C\,
+    \partial a_M / \partial a_{m-1}`: for :math:`C = I` the Jacobians of the
+    output with respect to every layer's input (:mod:`gni_lib.jacobians`). One
+    matrix product per layer, no autograd; composes with :func:`torch.func.vmap`.
+
+    Args:
+        weights: :math:`W_m`, shape :math:`(d_m, d_{m-1})`, for each linear layer.
+        first: :math:`\phi_m'(z_m)`, shape :math:`(B, d_m)` (``None``: identity).
+        g: the cotangent rows on the output, :math:`(B, c, d_L)`.
+        stop: the first layer whose input cotangent is wanted.
+
+    Returns:
+        list: entry ``m`` is :math:`G_{m-1}`, shape :math:`(B, c, d_{m-1})`, for
+        ``m >= stop``; ``None`` below. The cotangent of :math:`z_m` is
+        :math:`G_m \odot \phi_m'` (with :math:`G_M = g`).
+    """
+    grads: list[Tensor | None] = [None] * len(weights)
+    for m in range(len(weights) - 1, stop - 1, -1):
+        if first[m] is not None:
+            g = g * first[m].unsqueeze(-2)  # with respect to z_m
+        g = g @ weights[m]  # with respect to a_{m-1}
+        grads[m] = g
+    return grads

@@ -35,23 +35,25 @@ term exactly, so that a chapter can split the gap into :math:`R` and the rest.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from .jacobians import (
-    CleanPass,
     check_input,
     check_model,
     check_positive_int,
     check_target,
-    clean_pass,
-    perturbed_pass,
+    output_basis,
+    site_pass,
+    site_products,
 )
-from .losses import ce_hessian_diag_root, ce_hessian_root, get_loss
+from .losses import ce_hessian_diag_root, ce_hessian_root, get_loss, per_example_loss
+from .noise import noise_sites, replace_site_outputs
 from .seeding import check_generator
 
-__all__ = ["explicit_regularizer", "second_order_term", "REGULARIZER_METHODS"]
+__all__ = ["explicit_regularizer", "functional_regularizer", "second_order_term", "REGULARIZER_METHODS"]
 
 #: The accepted values of ``method`` in :func:`explicit_regularizer`.
 REGULARIZER_METHODS = ("exact", "diag", "hutchinson")
@@ -63,49 +65,105 @@ def check_loss(loss: object) -> str:
     return loss  # type: ignore[return-value]
 
 
-def _site_scales(site_pass: CleanPass) -> list[Tensor | float]:
-    r"""Per site, the standard deviation of the noise per coordinate: :math:`\sigma_k`
-    (additive) or :math:`\sigma_k h_k` of shape (B, d_k) (multiplicative, eq. 6)."""
-    scales: list[Tensor | float] = []
-    for site, h in zip(site_pass.sites, site_pass.activations):
-        if site.mode == "multiplicative":
-            scales.append(site.sigma * h)
-        else:
-            scales.append(site.sigma)
-    return scales
-
-
-def _cotangents(
+def _cotangent_rows(
     output: Tensor, loss: str, method: str, probes: int, generator: torch.Generator | None
-) -> Tensor | None:
+) -> Tensor:
     r"""Cotangent rows :math:`C` (B, c, d_L) with :math:`\mathbb E[C^\top C] = H_L` (or equal).
 
     Then :math:`\operatorname{Tr}(J^\top H_L J) = \lVert C J \rVert_F^2`, exactly or in
-    expectation:
-
-    - exact, MSE: :math:`C = I` (returned as ``None``);
-    - exact, CE: :math:`C = S^\top` with :math:`S = \operatorname{diag}(\sqrt p) - p \sqrt p^\top`,
-      :math:`S S^\top = \operatorname{diag}(p) - 2pp^\top + p (\sqrt p^\top \sqrt p) p^\top = H_L`
-      since :math:`\sum_i p_i = 1`; row :math:`j` is :math:`\sqrt{p_j}(e_j - p)`;
-    - diag, CE: :math:`C = \operatorname{diag}(\sqrt{p(1-p)})`;
-    - hutchinson: rows :math:`v_n^\top / \sqrt N` (MSE) or :math:`(S v_n)^\top / \sqrt N` (CE),
-      with Rademacher :math:`v_n`, so :math:`\mathbb E[C^\top C] = H_L`.
+    expectation: exact, :math:`C = I` (MSE) or :math:`C = S^\top`, the rows
+    :math:`\sqrt{p_j}(e_j - p)` of :func:`gni_lib.losses.ce_hessian_root` (CE);
+    diag, CE: :math:`C = \operatorname{diag}(\sqrt{p(1-p)})`; hutchinson: rows
+    :math:`v_n^\top / \sqrt N` (MSE) or :math:`v_n^\top S^\top / \sqrt N` (CE), with
+    Rademacher :math:`v_n`, so :math:`\mathbb E[C^\top C] = H_L`.
     """
-    batch, d_out = output.shape
     if method == "hutchinson":
-        shape = (batch, probes, d_out)
+        shape = (output.shape[0], probes, output.shape[1])
         signs = torch.randint(0, 2, shape, generator=generator, device=output.device)
         v = (2 * signs - 1).to(output.dtype) / math.sqrt(probes)
-        if loss == "mse":
-            return v
-        log_p = torch.log_softmax(output, dim=1).unsqueeze(1)  # (B, 1, d_L)
-        p, root = log_p.exp(), (0.5 * log_p).exp()  # sqrt(p) with a finite gradient at p = 0
-        return root * v - p * (root * v).sum(dim=2, keepdim=True)  # (S v)^T
+        return v if loss == "mse" else v @ ce_hessian_root(output)
     if loss == "mse":
-        return None  # the identity, which the products treat specially
+        return output_basis(output)
     if method == "diag":
         return torch.diag_embed(ce_hessian_diag_root(output))
     return ce_hessian_root(output)
+
+
+def _squared_norm(t: Tensor) -> Tensor:
+    r""":math:`\lVert t \rVert_F^2`, as one dot product when ``t`` is contiguous."""
+    if t.is_contiguous():
+        flat = t.reshape(-1)
+        return torch.dot(flat, flat)
+    return t.pow(2).sum()
+
+
+def functional_regularizer(
+    model: nn.Module,
+    params: Mapping[str, Tensor] | None,
+    x: Tensor,
+    *,
+    sigmas: Tensor | Sequence[float] | None = None,
+    loss: str = "mse",
+    method: str = "exact",
+    probes: int = 1,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    r""":math:`R` of :func:`explicit_regularizer` as a function of the parameters: it composes with :func:`torch.func.vmap`.
+
+    .. math::
+
+        R(\theta) = \frac{1}{2B} \sum_{b=1}^{B} \sum_{k=0}^{L-1}
+            \bigl\lVert C_b\, J_k(x_b; \theta) \operatorname{diag}(s_{k,b}) \bigr\rVert_F^2,
+        \qquad C_b^\top C_b = H_L(x_b),
+
+    with :math:`s_{k,b} = \sigma_k` (additive) or :math:`\sigma_k h_k(x_b)`
+    (multiplicative, Camuto et al. 2020, eq. 6), the rows :math:`C` as in
+    :func:`explicit_regularizer` (eqs. 9, 11, 13, 14). The same computation as
+    :func:`explicit_regularizer`, without its argument checks, with the model's
+    parameters replaced by ``params`` (names as in ``model.named_parameters()``,
+    as :func:`torch.func.functional_call` takes them; ``None``: the model's own)
+    and the sites' :math:`\sigma_k` by ``sigmas``. For a stack of :math:`M` models of
+    one architecture (:func:`torch.func.stack_module_state`) and their
+    :math:`\sigma` of shape :math:`(M, L)`,
+    ``vmap(lambda p, s: functional_regularizer(model, p, x, sigmas=s))(params, sigmas)``
+    gives the :math:`M` values at once, differentiable in the parameters.
+    ``method="hutchinson"`` draws its probes inside (under ``vmap`` that needs
+    ``randomness="different"`` or ``"same"``).
+
+    Args:
+        model: the architecture (its noise sites give the modes, and the default
+            :math:`\sigma_k`).
+        params: the parameters, or ``None``.
+        x: inputs, shape :math:`(B, d_0)`.
+        sigmas: :math:`\sigma_k` per site, a tensor of shape :math:`(L,)` or floats
+            (sites with :math:`\sigma_k = 0` given as floats are skipped); ``None``
+            reads them from the sites.
+        loss, method, probes, generator: as :func:`explicit_regularizer`.
+
+    Returns:
+        Tensor: a scalar (per model under ``vmap``).
+
+    Raises:
+        ValueError: as :func:`gni_lib.jacobians.site_products` (inputs that do not fit).
+    """
+    sites = noise_sites(model)
+    if sigmas is None:
+        sigmas = [site.sigma for site in sites]
+
+    def rows(output: Tensor) -> Tensor:
+        return _cotangent_rows(output, loss, method, probes, generator)
+
+    _, activations, products = site_products(model, params, x, rows)
+    total = x.new_zeros(())
+    for k, (site, h, product) in enumerate(zip(sites, activations, products)):
+        sigma = sigmas[k]
+        if not isinstance(sigma, Tensor) and sigma == 0.0:
+            continue
+        if site.mode == "multiplicative":  # columns times sigma_k h_k (eq. 6)
+            total = total + _squared_norm(product * (sigma * h).unsqueeze(1))
+        else:
+            total = total + sigma**2 * _squared_norm(product)
+    return 0.5 * total / x.shape[0]
 
 
 def explicit_regularizer(
@@ -201,32 +259,9 @@ def explicit_regularizer(
     x = check_input(x)
     check_generator(generator, x.device)
 
-    site_pass = clean_pass(model, x)
-    cotangents = _cotangents(site_pass.output, loss, method, probes, generator)
-    products = site_pass.vjp(cotangents)  # per site (B, c, d_k): rows of C J_k
-    total = site_pass.output.new_zeros(())
-    for product, scale, site in zip(products, _site_scales(site_pass), site_pass.sites):
-        if site.sigma == 0.0:
-            continue
-        if isinstance(scale, Tensor):  # columns times sigma_k h_k (eq. 6)
-            total = total + _squared_norm(product * scale.unsqueeze(1))
-        else:
-            total = total + scale**2 * _squared_norm(product)
-    return 0.5 * total / x.shape[0]
-
-
-def _squared_norm(t: Tensor) -> Tensor:
-    r""":math:`\lVert t \rVert_F^2`, as one dot product when ``t`` is contiguous."""
-    if t.is_contiguous():
-        flat = t.reshape(-1)
-        return torch.dot(flat, flat)
-    return t.pow(2).sum()
-
-
-def _ensure_tensor_scale(scale: Tensor | float, like: Tensor) -> Tensor:
-    if isinstance(scale, Tensor):
-        return scale
-    return torch.full_like(like, scale)
+    return functional_regularizer(
+        model, None, x, loss=loss, method=method, probes=probes, generator=generator
+    )
 
 
 def second_order_term(
@@ -282,43 +317,38 @@ def second_order_term(
             ``y`` of the wrong shape, dtype or range, non-finite input, or
             ``chunk_size < 1``.
     """
-    check_model(model)
+    sites = check_model(model)
     loss = check_loss(loss)
     chunk_size = check_positive_int(chunk_size, "chunk_size")
     x = check_input(x)
-    site_pass = perturbed_pass(model, x)
-    y = check_target(y, site_pass.output, loss)
-    scales = _site_scales(site_pass)
-    total = site_pass.output.new_zeros(())
-    with torch.enable_grad():
-        value = get_loss(loss)(site_pass.output, y)
-        grads = torch.autograd.grad(
-            value, site_pass.deltas, create_graph=True, allow_unused=True, materialize_grads=True
+    output, activations = site_pass(model, x)
+    y = check_target(y, output, loss)
+    zeros = [torch.zeros_like(h) for h in activations]
+
+    def loss_at(*deltas: Tensor) -> Tensor:
+        with replace_site_outputs(model, lambda k, h: h + deltas[k]):
+            return per_example_loss(model(x), y, loss).mean()
+
+    total = output.new_zeros(())
+    for k, (site, h) in enumerate(zip(sites, activations)):
+        if site.sigma == 0.0:
+            continue
+        gradient = torch.func.grad(
+            lambda delta, k=k: loss_at(*zeros[:k], delta, *zeros[k + 1 :])
         )
-        for k, (g, delta, h, scale) in enumerate(
-            zip(grads, site_pass.deltas, site_pass.activations, scales)
-        ):
-            if site_pass.sites[k].sigma == 0.0 or not g.requires_grad:
-                continue  # no noise here, or the loss is linear in this site
-            batch, width = h.shape
-            diag = h.new_empty((batch, width))
-            for start in range(0, width, chunk_size):
-                idx = torch.arange(start, min(start + chunk_size, width), device=h.device)
-                basis = torch.zeros((idx.numel(), batch, width), device=h.device, dtype=h.dtype)
-                basis[torch.arange(idx.numel(), device=h.device), :, idx] = 1.0
-                (hv,) = torch.autograd.grad(
-                    g,
-                    delta,
-                    grad_outputs=basis.reshape(idx.numel(), *g.shape),
-                    is_grads_batched=True,
-                    retain_graph=True,
-                    allow_unused=True,
-                    materialize_grads=True,
-                )
-                hv = hv.reshape(idx.numel(), batch, width)
-                diag[:, start : start + idx.numel()] = hv[
-                    torch.arange(idx.numel(), device=h.device), :, idx
-                ].T
-            weight = _ensure_tensor_scale(scale, h).pow(2)
-            total = total + (weight * diag).sum().detach()
+
+        def hvp(v: Tensor, gradient=gradient, k=k) -> Tensor:
+            return torch.func.jvp(gradient, (zeros[k],), (v,))[1]
+
+        batch, width = h.shape[0], h[0].numel()
+        diag = h.new_empty((batch, width))
+        for start in range(0, width, chunk_size):
+            count = min(chunk_size, width - start)
+            basis = h.new_zeros((count, batch, width))
+            basis[:, :, start : start + count] = torch.eye(count, device=h.device, dtype=h.dtype)[:, None]
+            with torch.no_grad():  # no graph to the parameters
+                hv = torch.func.vmap(hvp)(basis.reshape(count, *h.shape)).reshape(count, batch, width)
+            diag[:, start : start + count] = hv.diagonal(offset=start, dim1=0, dim2=2)
+        scale = site.sigma * h.reshape(batch, width) if site.mode == "multiplicative" else site.sigma
+        total = total + (diag * scale**2).sum()
     return 0.5 * total.detach()
