@@ -72,7 +72,7 @@ from .proximal import group_lasso, singular_value_threshold
 from .regularisers import explicit_regularizer, second_order_term
 from .scale import by_scale, get_scale
 from .seeding import get_stream, make_generator, spawn_generators, stream_seed
-from .spectral import fourier_spectrum, sobolev_seminorm_fourier, spectral_derivative
+from .spectral import fourier_spectrum, sobolev_seminorm_fourier
 from .stats import loglog_slope, mean_and_se, t_interval
 from .train import History
 from .verdicts import VERDICTS, Judgement, combine, joint_verdict, judge, record_claim, verdict
@@ -121,7 +121,6 @@ __all__ = [
     "noisy_loss_gap",
     "hessian_trace",
     "fourier_spectrum",
-    "spectral_derivative",
     "sobolev_seminorm_fourier",
     "layer_to_layer_jacobians",
     "layer_jacobian_norms",

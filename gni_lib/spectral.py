@@ -24,9 +24,8 @@ trigonometric interpolant*
         \;+\; c_{N/2} \cos(\pi N x / P) \quad (\text{last term for even } N \text{ only}),
 
 the real trigonometric polynomial of lowest degree through the samples.
-:func:`fourier_spectrum` gives its one-sided amplitudes, :func:`spectral_derivative`
-its derivative at the grid points, and :func:`sobolev_seminorm_fourier` the mean
-of :math:`p'^2` over one period,
+:func:`fourier_spectrum` gives its one-sided amplitudes, and
+:func:`sobolev_seminorm_fourier` the mean of :math:`p'^2` over one period,
 
 .. math::
 
@@ -44,40 +43,23 @@ periodic extension of :math:`f` jumps, by a Gibbs term that grows with :math:`N`
 from __future__ import annotations
 
 import math
-import numbers
 
 import torch
 from torch import Tensor
 
-__all__ = ["fourier_spectrum", "spectral_derivative", "sobolev_seminorm_fourier"]
+from ._checks import check_real, check_tensor
+
+__all__ = ["fourier_spectrum", "sobolev_seminorm_fourier"]
 
 
-def _check_values(values: object) -> Tensor:
-    if not isinstance(values, Tensor):
-        raise TypeError(f"values must be a torch.Tensor of shape (..., N), got {type(values).__name__}")
+def _check_args(values: object, period: object) -> tuple[Tensor, float]:
+    values = check_tensor(values, "values")
     if values.ndim < 1 or values.shape[-1] < 2:
         raise ValueError(
             f"values must have shape (..., N) with N >= 2 samples on the last axis, "
             f"got shape {tuple(values.shape)}"
         )
-    if not values.is_floating_point():
-        raise ValueError(f"values must be a real floating-point tensor, got dtype {values.dtype}")
-    if not bool(torch.isfinite(values).all()):
-        raise ValueError("values must be finite, but it holds NaN or infinite entries")
-    return values
-
-
-def _check_period(period: object) -> float:
-    if isinstance(period, bool) or not isinstance(period, numbers.Real):
-        raise TypeError(f"period must be a finite real number > 0, got {type(period).__name__}")
-    if not math.isfinite(period) or period <= 0:
-        raise ValueError(f"period must be a finite real number > 0, got {period!r}")
-    return float(period)
-
-
-def _coefficients(values: Tensor) -> Tensor:
-    """c_k = FFT(values)[k] / N over the last axis, in FFT order (k = 0, 1, ..., -1)."""
-    return torch.fft.fft(values, dim=-1) / values.shape[-1]
+    return values, check_real(period, "period", positive=True)
 
 
 def fourier_spectrum(values: Tensor, *, period: float = 1.0) -> tuple[Tensor, Tensor]:
@@ -114,8 +96,7 @@ def fourier_spectrum(values: Tensor, *, period: float = 1.0) -> tuple[Tensor, Te
             not real floating point, or not finite; or ``period`` is not positive
             and finite.
     """
-    values = _check_values(values)
-    period = _check_period(period)
+    values, period = _check_args(values, period)
     n = values.shape[-1]
     half = n // 2
     coefficients = torch.fft.rfft(values, dim=-1) / n
@@ -126,36 +107,6 @@ def fourier_spectrum(values: Tensor, *, period: float = 1.0) -> tuple[Tensor, Te
     amplitudes = weights * coefficients.abs()
     frequencies = torch.arange(half + 1, dtype=values.dtype, device=values.device) / period
     return frequencies, amplitudes
-
-
-def spectral_derivative(values: Tensor, *, period: float = 1.0) -> Tensor:
-    r"""Return the derivative of the symmetric trigonometric interpolant at the grid points.
-
-    .. math::
-
-        p'(x_n) = \sum_{|k| < N/2} \frac{2\pi i k}{P}\, c_k\, e^{2\pi i k n / N}
-
-    (the Nyquist term :math:`c_{N/2}\cos(\pi N x / P)` has zero derivative at every
-    grid point). Exact for a trigonometric polynomial of degree :math:`< N/2`.
-
-    Args:
-        values: samples, shape :math:`(\dots, N)`, :math:`N \ge 2`.
-        period: :math:`P > 0`.
-
-    Returns:
-        Tensor: shape :math:`(\dots, N)`, real, in ``values``' dtype and device.
-
-    Raises:
-        TypeError, ValueError: as :func:`fourier_spectrum`.
-    """
-    values = _check_values(values)
-    period = _check_period(period)
-    n = values.shape[-1]
-    k = torch.fft.fftfreq(n, d=1.0 / n, device=values.device).to(values.dtype)
-    if n % 2 == 0:
-        k[n // 2] = 0.0
-    derivative = torch.fft.ifft(_coefficients(values) * (2j * math.pi * k / period), dim=-1) * n
-    return derivative.real
 
 
 def sobolev_seminorm_fourier(values: Tensor, *, period: float = 1.0) -> Tensor:
@@ -185,11 +136,11 @@ def sobolev_seminorm_fourier(values: Tensor, *, period: float = 1.0) -> Tensor:
     Raises:
         TypeError, ValueError: as :func:`fourier_spectrum`.
     """
-    values = _check_values(values)
-    period = _check_period(period)
+    values, period = _check_args(values, period)
     n = values.shape[-1]
     k = torch.fft.fftfreq(n, d=1.0 / n, device=values.device).to(values.dtype)
     weights = (2 * math.pi * k / period) ** 2
     if n % 2 == 0:
         weights[n // 2] = 0.5 * (math.pi * n / period) ** 2
-    return (weights * _coefficients(values).abs() ** 2).sum(dim=-1)
+    coefficients = torch.fft.fft(values, dim=-1) / n  # c_k in FFT order (k = 0, 1, ..., -1)
+    return (weights * coefficients.abs() ** 2).sum(dim=-1)

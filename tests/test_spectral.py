@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from gni_lib.spectral import fourier_spectrum, sobolev_seminorm_fourier, spectral_derivative
+from gni_lib.spectral import fourier_spectrum, sobolev_seminorm_fourier
 from _shared import DEVICES, one_thread, seeded_generator  # noqa: F401 (one_thread: autouse)
 
 
@@ -53,10 +53,9 @@ def test_nyquist_and_period_conventions():
     assert math.isclose(freqs[-1].item(), (n / 2) / period, rel_tol=1e-14)
     assert math.isclose(amps[-1].item(), 0.7, rel_tol=1e-12)
     assert amps[:-1].abs().max().item() < 1e-12
-    # the interpolant 0.7 cos(pi N x / P) has mean p'^2 = (0.7 pi N / P)^2 / 2 but p'(x_n) = 0
+    # the interpolant 0.7 cos(pi N x / P) has mean p'^2 = (0.7 pi N / P)^2 / 2
     assert math.isclose(sobolev_seminorm_fourier(values, period=period).item(),
                         0.5 * (0.7 * math.pi * n / period) ** 2, rel_tol=1e-12)
-    assert spectral_derivative(values, period=period).abs().max().item() < 1e-10
 
 
 def test_batched_leading_axes():
@@ -73,7 +72,7 @@ def test_batched_leading_axes():
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("n, degree, period", [(200, 60, 1.0), (201, 100, 1.0), (64, 20, 3.0)])
 def test_parseval_for_trig_polynomials(device, n, degree, period):
-    """Grid mean of f'^2 (exact derivative) = Fourier seminorm; spectral derivative = f'."""
+    """Grid mean of f'^2 (exact derivative) = Fourier seminorm."""
     a, b = _trig_polynomial(degree, seeded_generator(degree), device)
     x = _grid(n, period, device)
     values, slopes = _evaluate(a, b, x, period)
@@ -82,8 +81,6 @@ def test_parseval_for_trig_polynomials(device, n, degree, period):
     seminorm = sobolev_seminorm_fourier(values, period=period)
     torch.testing.assert_close(seminorm, exact_integral, rtol=1e-11, atol=0)
     torch.testing.assert_close(seminorm, slopes.pow(2).mean(), rtol=1e-11, atol=0)
-    torch.testing.assert_close(spectral_derivative(values, period=period), slopes,
-                               rtol=0, atol=1e-9 * slopes.abs().max().item())
     # Parseval for the values themselves: mean v^2 = sum |c_k|^2, from the one-sided amplitudes
     _, amps = fourier_spectrum(values, period=period)
     parseval = amps[0] ** 2 + (amps[1:] ** 2).sum() / 2
@@ -104,7 +101,7 @@ def test_aliasing_breaks_the_grid_identity():
     assert math.isclose(ratio, (12 / 20) ** 2, rel_tol=1e-10)
 
 
-@pytest.mark.parametrize("fn", [fourier_spectrum, spectral_derivative, sobolev_seminorm_fourier])
+@pytest.mark.parametrize("fn", [fourier_spectrum, sobolev_seminorm_fourier])
 def test_bad_inputs(fn):
     with pytest.raises(TypeError, match="values"):
         fn([1.0, 2.0])
