@@ -20,7 +20,6 @@ closed form, the trace of its Hessian, the quantity noise injection penalises):
   (:func:`quadratic_sparse_regression`, :func:`quadratic_regression_loss`);
 - diagonal linear networks, :math:`\beta = u \odot v`, with standardised features
   (:func:`diagonal_linear_regression`, :func:`diagonal_network_loss`);
-- low-rank matrix sensing (:func:`matrix_sensing`, :func:`matrix_sensing_loss`);
 - the sum of sines of Rahaman et al. (2019) with frequencies 5, 10, ..., 50
   (:func:`sum_of_sines`);
 - scikit-learn's bundled digits and diabetes data with a fixed, seeded
@@ -41,6 +40,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from ._checks import check_int, check_real, check_tensor
 from .seeding import make_generator
 
 __all__ = [
@@ -57,9 +57,6 @@ __all__ = [
     "diagonal_linear_regression",
     "diagonal_network_loss",
     "diagonal_network_hessian_trace",
-    "MatrixSensing",
-    "matrix_sensing",
-    "matrix_sensing_loss",
     "SumOfSines",
     "sum_of_sines",
     "Split",
@@ -76,14 +73,6 @@ def _sin_target(x: Tensor) -> Tensor:
 #: The noise-free targets :math:`g` by name.
 #: ``"sin"``: :math:`g(x) = \sin(2.5 x) + x / 2`, smooth, one and a half bumps on [-1, 1].
 TARGETS: dict[str, Callable[[Tensor], Tensor]] = {"sin": _sin_target}
-
-
-def _check_count(n: object, name: str, minimum: int) -> int:
-    if isinstance(n, bool) or not isinstance(n, numbers.Integral):
-        raise TypeError(f"{name} must be an int >= {minimum}, got {type(n).__name__}")
-    if n < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {n}")
-    return int(n)
 
 
 def _check_range(x_range: object) -> tuple[float, float]:
@@ -176,13 +165,8 @@ def regression_1d(
             ``seed`` is negative, ``x_range`` is not an increasing pair of finite
             reals, ``target`` is unknown, or ``dtype`` is not a real floating dtype.
     """
-    n = _check_count(n, "n", 1)
-    if isinstance(noise_std, bool) or not isinstance(noise_std, numbers.Real):
-        raise TypeError(
-            f"noise_std must be a finite real number >= 0, got {type(noise_std).__name__}"
-        )
-    if not math.isfinite(noise_std) or noise_std < 0:
-        raise ValueError(f"noise_std must be a finite real number >= 0, got {noise_std!r}")
+    n = check_int(n, "n")
+    noise_std = check_real(noise_std, "noise_std")
     lo, hi = _check_range(x_range)
     g = _check_target(target)
     dtype = _check_dtype(dtype)
@@ -191,9 +175,8 @@ def regression_1d(
     u = torch.rand((n, 1), generator=generator, dtype=torch.float64)
     eta = torch.randn((n, 1), generator=generator, dtype=torch.float64)
     x = lo + (hi - lo) * u
-    y = g(x) + float(noise_std) * eta
-    device = torch.device("cpu") if device is None else torch.device(device)
-    return x.to(device=device, dtype=dtype), y.to(device=device, dtype=dtype)
+    y = g(x) + noise_std * eta
+    return _place((x, y), dtype, device)
 
 
 def grid_1d(
@@ -222,12 +205,10 @@ def grid_1d(
         ValueError: if ``n < 2``, ``x_range`` is not an increasing pair of finite
             reals, or ``dtype`` is not a real floating dtype.
     """
-    n = _check_count(n, "n", 2)
+    n = check_int(n, "n", 2)
     lo, hi = _check_range(x_range)
     dtype = _check_dtype(dtype)
-    device = torch.device("cpu") if device is None else torch.device(device)
-    grid = torch.linspace(lo, hi, n, dtype=torch.float64).unsqueeze(1)
-    return grid.to(device=device, dtype=dtype)
+    return _place((torch.linspace(lo, hi, n, dtype=torch.float64).unsqueeze(1),), dtype, device)[0]
 
 
 # =================================================================================================
@@ -249,20 +230,6 @@ class SparseRegression(NamedTuple):
     x: Tensor
     y: Tensor
     beta_star: Tensor
-
-
-class MatrixSensing(NamedTuple):
-    """A matrix-sensing problem: ``y_i = <A_i, B_star> + noise``.
-
-    Attributes:
-        a: the measurement matrices :math:`A_i`, shape :math:`(n, d, d)`.
-        y: the measurements, shape :math:`(n,)`.
-        b_star: the low-rank truth, shape :math:`(d, d)`.
-    """
-
-    a: Tensor
-    y: Tensor
-    b_star: Tensor
 
 
 class SumOfSines(NamedTuple):
@@ -293,24 +260,13 @@ class Split(NamedTuple):
 
 
 def _check_tensor(value: object, name: str) -> Tensor:
-    if not isinstance(value, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
-    if not value.is_floating_point():
-        raise ValueError(f"{name} must be a floating-point tensor, got dtype {value.dtype}")
-    return value
-
-
-def _check_std(value: object, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a finite real number >= 0, got {type(value).__name__}")
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"{name} must be a finite real number >= 0, got {value!r}")
-    return float(value)
+    return check_tensor(value, name, finite=False)
 
 
 def _place(tensors: tuple[Tensor, ...], dtype: torch.dtype, device: object) -> tuple[Tensor, ...]:
+    """Move to ``device`` (the CPU if ``None``); floating tensors are cast to ``dtype``, labels stay int64."""
     device = torch.device("cpu") if device is None else torch.device(device)
-    return tuple(t.to(device=device, dtype=dtype) for t in tensors)
+    return tuple(t.to(device=device, dtype=dtype if t.is_floating_point() else t.dtype) for t in tensors)
 
 
 # --- widening valley (Orvieto et al. 2022, Sec. 3) -----------------------------------------------
@@ -374,13 +330,24 @@ def _sparse_truth(generator: torch.Generator, d: int, k: int, signs: bool) -> Te
     return beta
 
 
-def _check_sparse_sizes(n: object, d: object, k: object) -> tuple[int, int, int]:
-    n = _check_count(n, "n", 1)
-    d = _check_count(d, "d", 1)
-    k = _check_count(k, "k", 0)
+def _sparse_problem(n: object, d: object, k: object, noise_std: object, seed: object, dtype: object,
+                    device: object, *, standardise: bool) -> SparseRegression:
+    """The draws of :func:`quadratic_sparse_regression` (``standardise=False``) and
+    :func:`diagonal_linear_regression` (``True``: centred unit-variance columns, signed truth)."""
+    n, d, k = check_int(n, "n"), check_int(d, "d"), check_int(k, "k", 0)
     if k > d:
         raise ValueError(f"k must be an int in [0, d] = [0, {d}], got {k}")
-    return n, d, k
+    if standardise and n < 2:
+        raise ValueError(f"n must be an int >= 2 to standardise the columns, got {n}")
+    noise_std = check_real(noise_std, "noise_std")
+    dtype = _check_dtype(dtype)
+    generator = make_generator(seed, device="cpu")
+    x = torch.randn(n, d, generator=generator, dtype=torch.float64)
+    if standardise:
+        x = (x - x.mean(dim=0)) / x.std(dim=0, correction=0)
+    beta = _sparse_truth(generator, d, k, signs=standardise)
+    eta = torch.randn(n, generator=generator, dtype=torch.float64)
+    return SparseRegression(*_place((x, x @ beta + noise_std * eta, beta), dtype, device))
 
 
 def quadratic_sparse_regression(
@@ -426,15 +393,7 @@ def quadratic_sparse_regression(
         ValueError: if a size is out of range, ``noise_std`` is negative or not
             finite, ``seed`` is negative or ``dtype`` is not a real floating dtype.
     """
-    n, d, k = _check_sparse_sizes(n, d, k)
-    noise_std = _check_std(noise_std, "noise_std")
-    dtype = _check_dtype(dtype)
-    generator = make_generator(seed, device="cpu")
-    x = torch.randn(n, d, generator=generator, dtype=torch.float64)
-    beta = _sparse_truth(generator, d, k, signs=False)
-    eta = torch.randn(n, generator=generator, dtype=torch.float64)
-    y = x @ beta + noise_std * eta
-    return SparseRegression(*_place((x, y, beta), dtype, device))
+    return _sparse_problem(n, d, k, noise_std, seed, dtype, device, standardise=False)
 
 
 def _check_regression(x: object, y: object, width: int, name: str = "w") -> tuple[Tensor, Tensor]:
@@ -531,18 +490,7 @@ def diagonal_linear_regression(
     Args, Returns, Raises: as :func:`quadratic_sparse_regression`; :math:`n \ge 2`
     (a standard deviation needs two rows).
     """
-    n, d, k = _check_sparse_sizes(n, d, k)
-    if n < 2:
-        raise ValueError(f"n must be an int >= 2 to standardise the columns, got {n}")
-    noise_std = _check_std(noise_std, "noise_std")
-    dtype = _check_dtype(dtype)
-    generator = make_generator(seed, device="cpu")
-    raw = torch.randn(n, d, generator=generator, dtype=torch.float64)
-    x = (raw - raw.mean(dim=0)) / raw.std(dim=0, correction=0)
-    beta = _sparse_truth(generator, d, k, signs=True)
-    eta = torch.randn(n, generator=generator, dtype=torch.float64)
-    y = x @ beta + noise_std * eta
-    return SparseRegression(*_place((x, y, beta), dtype, device))
+    return _sparse_problem(n, d, k, noise_std, seed, dtype, device, standardise=True)
 
 
 def diagonal_network_loss(u: Tensor, v: Tensor, x: Tensor, y: Tensor) -> Tensor:
@@ -592,92 +540,6 @@ def diagonal_network_hessian_trace(u: Tensor, v: Tensor, x: Tensor) -> Tensor:
     return (diagonal * (u.pow(2) + v.pow(2))).sum()
 
 
-# --- matrix sensing --------------------------------------------------------------------------------
-
-
-def matrix_sensing(
-    n: int = 100,
-    d: int = 10,
-    rank: int = 2,
-    *,
-    noise_std: float = 0.0,
-    seed: int = 0,
-    dtype: torch.dtype = torch.float64,
-    device: torch.device | str | None = None,
-) -> MatrixSensing:
-    r"""A low-rank matrix-sensing problem with Gaussian measurements.
-
-    .. math::
-
-        B^\star = \frac{U V^\top}{\lVert U V^\top \rVert_F}, \quad U, V \in \mathbb R^{d \times r}
-        \text{ with } \mathcal N(0, 1) \text{ entries}, \qquad
-        (A_i)_{jk} \sim \mathcal N(0, 1), \qquad
-        y_i = \langle A_i, B^\star \rangle + s \eta_i ,
-
-    so :math:`\lVert B^\star \rVert_F = 1` and :math:`\operatorname{rank} B^\star = r`
-    (almost surely). With :math:`n < d^2` the measurements do not pin :math:`B` down;
-    a factorised model :math:`B = W_2 W_1` trained on :func:`matrix_sensing_loss`
-    has to choose, and noise injection biases the choice towards a small nuclear
-    norm (Orvieto et al. 2023). Since :math:`\mathbb E[A_i \otimes A_i] = I`,
-    :math:`\mathbb E_A L(B) = \tfrac12 \lVert B - B^\star \rVert_F^2 + \text{noise}`.
-
-    **Draw order.** A CPU generator seeded with ``seed`` draws :math:`U`, :math:`V`,
-    then :math:`A` :math:`(n, d, d)`, then :math:`\eta`, all in float64.
-
-    Args:
-        n: the number of measurements, :math:`\ge 1`.
-        d: the matrix side, :math:`\ge 1`.
-        rank: :math:`1 \le r \le d`.
-        noise_std, seed, dtype, device: as :func:`quadratic_sparse_regression`.
-
-    Returns:
-        MatrixSensing: ``a`` :math:`(n, d, d)`, ``y`` :math:`(n,)`, ``b_star`` :math:`(d, d)`.
-
-    Raises:
-        TypeError, ValueError: as :func:`quadratic_sparse_regression`, and if ``rank``
-            is not in :math:`[1, d]`.
-    """
-    n = _check_count(n, "n", 1)
-    d = _check_count(d, "d", 1)
-    rank = _check_count(rank, "rank", 1)
-    if rank > d:
-        raise ValueError(f"rank must be an int in [1, d] = [1, {d}], got {rank}")
-    noise_std = _check_std(noise_std, "noise_std")
-    dtype = _check_dtype(dtype)
-    generator = make_generator(seed, device="cpu")
-    left = torch.randn(d, rank, generator=generator, dtype=torch.float64)
-    right = torch.randn(d, rank, generator=generator, dtype=torch.float64)
-    b_star = left @ right.T
-    b_star = b_star / torch.linalg.matrix_norm(b_star)
-    a = torch.randn(n, d, d, generator=generator, dtype=torch.float64)
-    eta = torch.randn(n, generator=generator, dtype=torch.float64)
-    y = (a * b_star).sum(dim=(1, 2)) + noise_std * eta
-    return MatrixSensing(*_place((a, y, b_star), dtype, device))
-
-
-def matrix_sensing_loss(b: Tensor, a: Tensor, y: Tensor) -> Tensor:
-    r"""The matrix-sensing loss :math:`L(B) = \frac{1}{2n} \sum_i (\langle A_i, B \rangle - y_i)^2`.
-
-    :math:`\langle A, B \rangle = \sum_{jk} A_{jk} B_{jk}`. Pass a product of
-    factors for ``b`` (e.g. ``w2 @ w1``) to train a factorised model.
-
-    Shapes:
-        ``b`` :math:`(d, d)`, ``a`` :math:`(n, d, d)`, ``y`` :math:`(n,)`; a scalar out.
-
-    Raises:
-        TypeError: if an argument is not a tensor.
-        ValueError: on non-floating tensors or mismatched shapes.
-    """
-    b, a, y = _check_tensor(b, "b"), _check_tensor(a, "a"), _check_tensor(y, "y")
-    if b.ndim != 2:
-        raise ValueError(f"b must have shape (d, d'), got {tuple(b.shape)}")
-    if a.ndim != 3 or a.shape[1:] != b.shape:
-        raise ValueError(f"a must have shape (n, {b.shape[0]}, {b.shape[1]}), got {tuple(a.shape)}")
-    if y.shape != (a.shape[0],):
-        raise ValueError(f"y must have shape (n,) = ({a.shape[0]},), got {tuple(y.shape)}")
-    return ((a * b).sum(dim=(1, 2)) - y).pow(2).sum() / (2 * a.shape[0])
-
-
 # --- sum of sines (Rahaman et al. 2019, as in Camuto et al. 2020, Figs. 4-5) ---------------------
 
 
@@ -721,7 +583,7 @@ def sum_of_sines(
         ValueError: if ``n < 2``, ``frequencies`` is empty or not finite reals,
             ``amplitudes`` does not match it, or ``dtype`` is bad.
     """
-    n = _check_count(n, "n", 2)
+    n = check_int(n, "n", 2)
     freqs = _check_reals(frequencies, "frequencies")
     if amplitudes is None:
         amps = [1.0] * len(freqs)
@@ -756,17 +618,19 @@ def _check_reals(values: object, name: str) -> list[float]:
 # --- scikit-learn's bundled data sets ----------------------------------------------------------------
 
 
-def _check_fraction(value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"test_fraction must be a real number in (0, 1), got {type(value).__name__}")
-    if not 0 < value < 1:
-        raise ValueError(f"test_fraction must be a real number in (0, 1), got {value!r}")
-    return float(value)
+def _check_split_args(test_fraction: object, seed: object, dtype: object) -> tuple[float, torch.dtype]:
+    if isinstance(test_fraction, bool) or not isinstance(test_fraction, numbers.Real):
+        raise TypeError(f"test_fraction must be a real number in (0, 1), got {type(test_fraction).__name__}")
+    if not 0 < test_fraction < 1:
+        raise ValueError(f"test_fraction must be a real number in (0, 1), got {test_fraction!r}")
+    dtype = _check_dtype(dtype)
+    make_generator(seed, device="cpu")  # validates seed before any work
+    return float(test_fraction), dtype
 
 
-def _split_and_standardise(
-    x: Tensor, y: Tensor, test_fraction: float, seed: int
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def _split_and_standardise(x: Tensor, y: Tensor, test_fraction: float, seed: int, dtype: torch.dtype,
+                           device: object, *, standardise_y: bool = False) -> Split:
+    """The recipe of every bundled set: a seeded permutation, then the training set's mean and std."""
     n = x.shape[0]
     n_test = max(1, min(n - 2, round(test_fraction * n)))
     order = torch.randperm(n, generator=make_generator(seed, device="cpu"))
@@ -774,7 +638,11 @@ def _split_and_standardise(
     mean = x[train].mean(dim=0)
     std = x[train].std(dim=0, correction=0)
     std = torch.where(std > 0, std, torch.ones_like(std))  # constant pixels stay 0
-    return (x[train] - mean) / std, y[train], (x[test] - mean) / std, y[test]
+    y_train, y_test = y[train], y[test]
+    if standardise_y:
+        y_mean, y_std = y_train.mean(), y_train.std(correction=0)
+        y_train, y_test = (y_train - y_mean) / y_std, (y_test - y_mean) / y_std
+    return Split(*_place(((x[train] - mean) / std, y_train, (x[test] - mean) / std, y_test), dtype, device))
 
 
 def load_digits_split(
@@ -813,18 +681,11 @@ def load_digits_split(
     """
     from sklearn.datasets import load_digits
 
-    test_fraction = _check_fraction(test_fraction)
-    dtype = _check_dtype(dtype)
-    make_generator(seed, device="cpu")  # validates seed before any work
+    test_fraction, dtype = _check_split_args(test_fraction, seed, dtype)
     data = load_digits()
     x = torch.as_tensor(data.data, dtype=torch.float64)
     y = torch.as_tensor(data.target, dtype=torch.int64)
-    x_train, y_train, x_test, y_test = _split_and_standardise(x, y, test_fraction, seed)
-    device = torch.device("cpu") if device is None else torch.device(device)
-    return Split(
-        x_train.to(device=device, dtype=dtype), y_train.to(device),
-        x_test.to(device=device, dtype=dtype), y_test.to(device),
-    )
+    return _split_and_standardise(x, y, test_fraction, seed, dtype, device)
 
 
 def load_diabetes_split(
@@ -853,16 +714,11 @@ def load_diabetes_split(
     """
     from sklearn.datasets import load_diabetes
 
-    test_fraction = _check_fraction(test_fraction)
-    dtype = _check_dtype(dtype)
-    make_generator(seed, device="cpu")
+    test_fraction, dtype = _check_split_args(test_fraction, seed, dtype)
     data = load_diabetes(scaled=False)
     x = torch.as_tensor(data.data, dtype=torch.float64)
     y = torch.as_tensor(data.target, dtype=torch.float64).unsqueeze(1)
-    x_train, y_train, x_test, y_test = _split_and_standardise(x, y, test_fraction, seed)
-    y_mean, y_std = y_train.mean(), y_train.std(correction=0)
-    y_train, y_test = (y_train - y_mean) / y_std, (y_test - y_mean) / y_std
-    return Split(*_place((x_train, y_train, x_test, y_test), dtype, device))
+    return _split_and_standardise(x, y, test_fraction, seed, dtype, device, standardise_y=True)
 
 
 def load_mnist1d_split(
@@ -909,10 +765,8 @@ def load_mnist1d_split(
     import numpy as np
     from mnist1d.data import get_dataset_args, make_dataset
 
-    test_fraction = _check_fraction(test_fraction)
-    samples = _check_count(samples, "samples", 10)
-    dtype = _check_dtype(dtype)
-    make_generator(seed, device="cpu")  # validates seed before any work
+    test_fraction, dtype = _check_split_args(test_fraction, seed, dtype)
+    samples = check_int(samples, "samples", 10)
     args = get_dataset_args()
     args.num_samples = samples
     args.train_split = 1.0  # one pool; the split is ours
@@ -924,9 +778,4 @@ def load_mnist1d_split(
         np.random.set_state(states[1])
     x = torch.as_tensor(data["x"], dtype=torch.float64)
     y = torch.as_tensor(data["y"], dtype=torch.int64)
-    x_train, y_train, x_test, y_test = _split_and_standardise(x, y, test_fraction, seed)
-    device = torch.device("cpu") if device is None else torch.device(device)
-    return Split(
-        x_train.to(device=device, dtype=dtype), y_train.to(device),
-        x_test.to(device=device, dtype=dtype), y_test.to(device),
-    )
+    return _split_and_standardise(x, y, test_fraction, seed, dtype, device)

@@ -167,8 +167,6 @@ from gni_lib.data import (  # noqa: E402
     load_diabetes_split,
     load_digits_split,
     load_mnist1d_split,
-    matrix_sensing,
-    matrix_sensing_loss,
     quadratic_regression_hessian_trace,
     quadratic_regression_loss,
     quadratic_sparse_regression,
@@ -304,33 +302,6 @@ def test_diagonal_network_loss_value():
     torch.testing.assert_close(diagonal_network_loss(u, u, p.x, p.y), expected, rtol=1e-14, atol=0)
 
 
-# --- matrix sensing ----------------------------------------------------------------------------------
-
-
-def test_matrix_sensing_construction():
-    p = matrix_sensing(n=30, d=6, rank=2, seed=1)
-    assert p.a.shape == (30, 6, 6) and p.y.shape == (30,) and p.b_star.shape == (6, 6)
-    assert torch.linalg.matrix_norm(p.b_star).item() == pytest.approx(1.0, rel=1e-14)
-    assert int(torch.linalg.matrix_rank(p.b_star)) == 2
-    for i in range(3):
-        assert p.y[i].item() == pytest.approx(torch.trace(p.a[i].T @ p.b_star).item(), rel=1e-12)
-    assert matrix_sensing_loss(p.b_star, p.a, p.y).item() == 0.0
-    b = torch.randn(6, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
-    loop = sum((torch.trace(p.a[i].T @ b) - p.y[i]) ** 2 for i in range(30)) / 60
-    torch.testing.assert_close(matrix_sensing_loss(b, p.a, p.y), loop, rtol=1e-12, atol=0)
-    q = matrix_sensing(n=30, d=6, rank=2, seed=1)
-    assert all(torch.equal(s, t) for s, t in zip(p, q))
-
-
-def test_matrix_sensing_bad_input():
-    with pytest.raises(ValueError, match="rank"):
-        matrix_sensing(d=3, rank=4)
-    with pytest.raises(ValueError, match="a must"):
-        matrix_sensing_loss(torch.zeros(3, 3), torch.zeros(5, 3, 4), torch.zeros(5))
-    with pytest.raises(ValueError, match="y must"):
-        matrix_sensing_loss(torch.zeros(3, 3), torch.zeros(5, 3, 3), torch.zeros(4))
-
-
 # --- sum of sines ------------------------------------------------------------------------------------
 
 
@@ -431,7 +402,6 @@ def test_problems_float32_are_rounded_float64_on_any_device(device):
     for make in (
         lambda **kw: quadratic_sparse_regression(n=5, d=7, k=2, noise_std=0.1, **kw),
         lambda **kw: diagonal_linear_regression(n=5, d=7, k=2, **kw),
-        lambda **kw: matrix_sensing(n=5, d=3, rank=1, **kw),
         lambda **kw: sum_of_sines(20, **kw),
         lambda **kw: load_diabetes_split(**kw),
     ):
