@@ -85,3 +85,55 @@ def check_generator(generator: object, device: object = None) -> object:
             f"{torch.device(device).type!r}; make it with make_generator(seed, device=...)"
         )
     return generator
+
+
+def check_tensor_dict(value: object, name: str, like: dict | None = None, subset: bool = False) -> dict:
+    """A dict of tensors by name; with ``like``, with exactly (``subset``: some of) its keys and their shapes."""
+    from collections.abc import Mapping
+
+    if not isinstance(value, Mapping):
+        raise TypeError(f"{name} must be a dict of tensors by parameter name, got {type(value).__name__}")
+    for key, tensor in value.items():
+        if not isinstance(tensor, Tensor):
+            raise TypeError(f"{name}[{key!r}] must be a torch.Tensor, got {type(tensor).__name__}")
+    if like is None:
+        return value
+    keys, other_keys = set(like), set(value)
+    if not (other_keys <= keys if subset else other_keys == keys):
+        relation = "a subset of" if subset else "exactly"
+        missing = [] if subset else sorted(keys - other_keys)
+        raise ValueError(
+            f"{name} must have {relation} the keys of params; missing {missing}, "
+            f"unexpected {sorted(other_keys - keys)}"
+        )
+    for key, tensor in value.items():
+        if tensor.shape != like[key].shape:
+            raise ValueError(
+                f"{name}[{key!r}] must have the shape of params[{key!r}] "
+                f"{tuple(like[key].shape)}, got {tuple(tensor.shape)}"
+            )
+    return value
+
+
+def check_interval(low: object, high: object) -> tuple[float, float]:
+    """An interval ``(low, high)`` of finite reals with ``low <= high``."""
+    values = []
+    for name, value in (("low", low), ("high", high)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+        value = float(value)
+        if not math.isfinite(value):
+            raise ValueError(f"{name} must be finite, got {value!r}")
+        values.append(value)
+    if values[0] > values[1]:
+        raise ValueError(f"low must not exceed high, got low={values[0]!r} > high={values[1]!r}")
+    return values[0], values[1]
+
+
+def check_dtype(dtype: object) -> "torch.dtype":  # noqa: F821 (torch is imported lazily, as above)
+    """A real floating-point ``torch.dtype``."""
+    import torch
+
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point or dtype.is_complex:
+        raise ValueError(f"dtype must be a real floating torch.dtype (e.g. torch.float64), got {dtype!r}")
+    return dtype

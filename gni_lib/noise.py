@@ -76,8 +76,10 @@ def standard_noise(
       moment 1 instead of 3), drawn as ``2 * torch.randint(0, 2, shape,
       generator=generator, device=device) - 1`` cast to ``dtype``.
 
-    The draw depends only on the number of elements: a flat draw of
-    :math:`\prod` ``shape`` numbers, viewed as ``shape``, is the same numbers.
+    A flat draw of as many numbers, viewed as ``shape``, gives the same numbers
+    (tests/test_noise.py checks this on each device it runs on), so the flat
+    buffers of :mod:`gni_lib.optim` and the shaped draws of :class:`GaussianNoise`
+    are one stream.
 
     Args:
         shape: the shape of :math:`z` (an int for a flat draw).

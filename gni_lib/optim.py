@@ -32,12 +32,8 @@ view per parameter tensor and multiplied by that tensor's :math:`\sigma`. Nothin
 is drawn when :math:`\sigma = 0`. (The optimisers draw one such buffer per device
 and dtype, in order of first appearance.)
 
-**Noise distribution.** ``distribution="gaussian"`` (the default, all of the above)
-or ``"rademacher"``: every coordinate is :math:`\pm\sigma` with probability
-:math:`\tfrac12` each, the noise of Orvieto et al. (2022), Thm. 3.1. It has the same
-mean and variance as the Gaussian (:math:`0` and :math:`\sigma^2`) but fourth moment
-:math:`\sigma^4` instead of :math:`3\sigma^4`; the buffer is drawn the same way
-(see :func:`~gni_lib.noise.standard_noise`).
+With ``distribution="rademacher"`` every coordinate is :math:`\pm\sigma` with
+probability :math:`\tfrac12` each (Orvieto et al. 2022, Thm. 3.1), drawn the same way.
 """
 
 from __future__ import annotations
@@ -48,7 +44,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._checks import check_choice, check_generator, check_real
+from ._checks import check_choice, check_generator, check_real, check_tensor_dict
 from .noise import NOISE_DISTRIBUTIONS, standard_noise
 
 __all__ = [
@@ -75,40 +71,8 @@ class NonFiniteGradientError(ValueError, FloatingPointError):
     """
 
 
-# --- validation --------------------------------------------------------------------------------
-
-
 def _check_sigma(value: object, name: str = "sigma") -> float:
     return check_real(value, name, what=" (a standard deviation, not a variance)")
-
-
-def _check_params_dict(params: object, name: str) -> Params:
-    if not isinstance(params, Mapping):
-        raise TypeError(f"{name} must be a dict of tensors by parameter name, got {type(params).__name__}")
-    for key, value in params.items():
-        if not isinstance(value, Tensor):
-            raise TypeError(f"{name}[{key!r}] must be a torch.Tensor, got {type(value).__name__}")
-    return params
-
-
-def _check_like(params: Params, other: object, name: str, subset: bool = False) -> Params:
-    """``other`` is a dict of tensors with the keys (``subset``: some of the keys) and shapes of ``params``."""
-    other = _check_params_dict(other, name)
-    keys, other_keys = set(params), set(other)
-    if not (other_keys <= keys if subset else other_keys == keys):
-        relation = "a subset of" if subset else "exactly"
-        missing = [] if subset else sorted(keys - other_keys)
-        raise ValueError(
-            f"{name} must have {relation} the keys of params; missing {missing}, "
-            f"unexpected {sorted(other_keys - keys)}"
-        )
-    for key, value in other.items():
-        if value.shape != params[key].shape:
-            raise ValueError(
-                f"{name}[{key!r}] must have the shape of params[{key!r}] "
-                f"{tuple(params[key].shape)}, got {tuple(value.shape)}"
-            )
-    return other
 
 
 # --- noise -------------------------------------------------------------------------------------
@@ -147,11 +111,6 @@ def draw_noise(
     shape, times :math:`\sigma`. Call it *outside* :func:`torch.func.vmap`; pass
     the result in.
 
-    With ``distribution="rademacher"`` the coordinates of :math:`z` are independent
-    signs, :math:`P(z_i = 1) = P(z_i = -1) = \tfrac12`, so :math:`\xi_i = \pm\sigma`
-    (Orvieto et al. 2022, Thm. 3.1); the buffer is ``2 * torch.randint(0, 2, (P,),
-    generator=generator) - 1``.
-
     Args:
         params: parameter tensors by name (only shapes, dtype and device are used);
             all on one device with one dtype.
@@ -160,7 +119,8 @@ def draw_noise(
         generator: the source of the noise, on the parameters' device; ``None``
             uses torch's global generator.
         keys: the tensors to draw for (e.g. one key for a layer-wise step).
-        distribution: ``"gaussian"`` or ``"rademacher"`` (see above).
+        distribution: ``"gaussian"``, or ``"rademacher"`` for :math:`\xi_i = \pm\sigma`
+            with probability :math:`\tfrac12` each (Orvieto et al. 2022, Thm. 3.1).
 
     Returns:
         dict[str, Tensor]: :math:`\xi` for each key, shapes as in ``params``.
@@ -172,7 +132,7 @@ def draw_noise(
             tensors differ in dtype or device, ``generator`` is on another device,
             or ``distribution`` is not one of :data:`~gni_lib.noise.NOISE_DISTRIBUTIONS`.
     """
-    params = _check_params_dict(params, "params")
+    params = check_tensor_dict(params, "params")
     sigma = _check_sigma(sigma)
     distribution = check_choice(distribution, "distribution", NOISE_DISTRIBUTIONS)
     keys = list(params) if keys is None else list(keys)
@@ -235,8 +195,8 @@ def gd_update(params: Params, grads: Params, lr: float | Tensor) -> dict[str, Te
         TypeError, ValueError: if the dicts are not dicts of tensors with the same
             keys and shapes.
     """
-    params = _check_params_dict(params, "params")
-    grads = _check_like(params, grads, "grads")
+    params = check_tensor_dict(params, "params")
+    grads = check_tensor_dict(grads, "grads", params)
     return {k: params[k] - lr * grads[k] for k in params}
 
 
@@ -257,9 +217,9 @@ def pgd_update(
     Raises:
         TypeError, ValueError: on mismatched dicts, as :func:`gd_update`.
     """
-    params = _check_params_dict(params, "params")
-    grads = _check_like(params, grads, "grads")
-    noise = _check_like(params, noise, "noise")
+    params = check_tensor_dict(params, "params")
+    grads = check_tensor_dict(grads, "grads", params)
+    noise = check_tensor_dict(noise, "noise", params)
     return {k: params[k] - lr * grads[k] + noise[k] for k in params}
 
 
@@ -289,12 +249,12 @@ def anti_pgd_update(
     Raises:
         TypeError, ValueError: on mismatched dicts, as :func:`gd_update`.
     """
-    params = _check_params_dict(params, "params")
-    grads = _check_like(params, grads, "grads")
-    noise = _check_like(params, noise, "noise")
+    params = check_tensor_dict(params, "params")
+    grads = check_tensor_dict(grads, "grads", params)
+    noise = check_tensor_dict(noise, "noise", params)
     if prev_noise is None:
         return {k: params[k] - lr * grads[k] + noise[k] for k in params}, dict(noise)
-    prev_noise = _check_like(params, prev_noise, "prev_noise")
+    prev_noise = check_tensor_dict(prev_noise, "prev_noise", params)
     new = {k: params[k] - lr * grads[k] + (noise[k] - prev_noise[k]) for k in params}
     return new, dict(noise)
 
@@ -309,8 +269,8 @@ def perturb(params: Params, noise: Params) -> dict[str, Tensor]:
         TypeError, ValueError: if ``noise`` has a key that ``params`` lacks, or a
             shape differs.
     """
-    params = _check_params_dict(params, "params")
-    noise = _check_like(params, noise, "noise", subset=True)
+    params = check_tensor_dict(params, "params")
+    noise = check_tensor_dict(noise, "noise", params, subset=True)
     return {k: params[k] + noise[k] if k in noise else params[k] for k in params}
 
 
@@ -329,22 +289,17 @@ class _NoisyOptimizer(torch.optim.Optimizer):
         params: Iterable[Tensor] | Iterable[dict[str, Any]],
         lr: float,
         sigma: float,
-        generator: torch.Generator | None,
-        distribution: str,
-        momentum: float,
+        *,
+        generator: torch.Generator | None = None,
+        distribution: str = "gaussian",
+        momentum: float = 0.0,
     ) -> None:
+        expected = "params must be an iterable of tensors or of param-group dicts, got"
         if isinstance(params, Tensor):
-            raise TypeError(
-                "params must be an iterable of tensors or of param-group dicts, got a single "
-                "Tensor; pass [tensor] or model.parameters()"
-            )
-        try:
-            params = list(params)
-        except TypeError:
-            raise TypeError(
-                f"params must be an iterable of tensors or of param-group dicts, "
-                f"got {type(params).__name__}"
-            ) from None
+            raise TypeError(f"{expected} a single Tensor; pass [tensor] or model.parameters()")
+        if not isinstance(params, Iterable):
+            raise TypeError(f"{expected} {type(params).__name__}")
+        params = list(params)
         if not params:
             raise ValueError(
                 "params must be a non-empty iterable of tensors (e.g. model.parameters()), "
@@ -373,23 +328,20 @@ class _NoisyOptimizer(torch.optim.Optimizer):
         return {**super().__getstate__(), **{k: self.__dict__[k] for k in self._pickled}}
 
     def _with_grads(self) -> Chosen:
-        """Each param group with its tensors that have a gradient (torch optimisers skip the others)."""
-        chosen = []
-        for group in self.param_groups:
-            params = {i: p for i, p in enumerate(group["params"]) if p.grad is not None}
-            if params:
-                chosen.append((group, params))
-        return chosen
+        """Each param group with its tensors that have a gradient (torch optimisers skip the others).
 
-    def _check_gradients(self) -> None:
+        Raises :class:`NonFiniteGradientError`, naming the tensor, if a gradient has NaN or inf.
+        """
+        chosen = [(group, {i: p for i, p in enumerate(group["params"]) if p.grad is not None})
+                  for group in self.param_groups]
+        chosen = [(group, params) for group, params in chosen if params]
         by_device: dict[torch.device, list[Tensor]] = {}
-        for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is not None:
-                    by_device.setdefault(p.grad.device, []).append(p.grad.reshape(-1))
+        for _, params in chosen:
+            for p in params.values():
+                by_device.setdefault(p.grad.device, []).append(p.grad.reshape(-1))
         # amax propagates NaN and inf: one host sync per device, which the error needs.
         if all(bool(torch.cat(grads).abs().amax().isfinite()) for grads in by_device.values()):
-            return
+            return chosen
         for g, group in enumerate(self.param_groups):
             for i, p in enumerate(group["params"]):
                 if p.grad is not None and not bool(p.grad.isfinite().all()):
@@ -481,30 +433,14 @@ class PGD(_NoisyOptimizer):
     drawn and the trajectory is :func:`gd_update`'s, bit for bit.
     """ + _ARGS_DOC
 
-    def __init__(
-        self,
-        params: Iterable[Tensor] | Iterable[dict[str, Any]],
-        lr: float,
-        sigma: float,
-        *,
-        generator: torch.Generator | None = None,
-        distribution: str = "gaussian",
-        momentum: float = 0.0,
-    ) -> None:
-        super().__init__(params, lr, sigma, generator, distribution, momentum)
-
     @torch.no_grad()
     def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:  # type: ignore[override]
         """Take one step; ``closure`` (optional) re-evaluates the loss and its gradient."""
         loss = self._evaluate(closure)
-        self._check_gradients()
         chosen = self._with_grads()
         for (group, params), noise in zip(chosen, self._draw(chosen)):
-            grads = self._directions(group, params)
-            if noise:
-                _assign(params, pgd_update(params, grads, noise, group["lr"]))
-            else:
-                _assign(params, gd_update(params, grads, group["lr"]))
+            grads, lr = self._directions(group, params), group["lr"]
+            _assign(params, pgd_update(params, grads, noise, lr) if noise else gd_update(params, grads, lr))
         return loss
 
 
@@ -530,34 +466,20 @@ class AntiPGD(_NoisyOptimizer):
     for bit (once any earlier :math:`\xi_n` has been paid back).
     """ + _ARGS_DOC
 
-    def __init__(
-        self,
-        params: Iterable[Tensor] | Iterable[dict[str, Any]],
-        lr: float,
-        sigma: float,
-        *,
-        generator: torch.Generator | None = None,
-        distribution: str = "gaussian",
-        momentum: float = 0.0,
-    ) -> None:
-        super().__init__(params, lr, sigma, generator, distribution, momentum)
-
     @torch.no_grad()
     def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:  # type: ignore[override]
         """Take one step; ``closure`` (optional) re-evaluates the loss and its gradient."""
         loss = self._evaluate(closure)
-        self._check_gradients()
         chosen = self._with_grads()
         for (group, params), noise in zip(chosen, self._draw(chosen)):
             grads = self._directions(group, params)
             states = {k: self.state[p] for k, p in params.items()}
-            if not noise and not any("xi" in s for s in states.values()):
+            prev = {k: s["xi"] for k, s in states.items() if "xi" in s}
+            if not noise and not prev:
                 _assign(params, gd_update(params, grads, group["lr"]))
                 continue
             noise = noise or {k: torch.zeros_like(p) for k, p in params.items()}
-            prev = None
-            if any("xi" in s for s in states.values()):
-                prev = {k: s.get("xi", torch.zeros_like(params[k])) for k, s in states.items()}
+            prev = {k: prev.get(k, torch.zeros_like(p)) for k, p in params.items()} if prev else None
             new, xi = anti_pgd_update(params, grads, noise, prev, group["lr"])
             _assign(params, new)
             for k, s in states.items():
@@ -619,7 +541,7 @@ class PerturbedGD(_NoisyOptimizer):
     ) -> None:
         if not isinstance(layerwise, bool):
             raise TypeError(f"layerwise must be True or False, got {type(layerwise).__name__}")
-        super().__init__(params, lr, sigma, generator, distribution, momentum)
+        super().__init__(params, lr, sigma, generator=generator, distribution=distribution, momentum=momentum)
         self.layerwise = layerwise
 
     @property
@@ -641,8 +563,8 @@ class PerturbedGD(_NoisyOptimizer):
             )
         sigma_of = {p: group["sigma"] for group in self.param_groups for p in group["params"]}
         everything, n = list(sigma_of), self.steps_taken
-        chosen = [everything[n % len(everything)]] if self.layerwise else everything
-        perturbed = dict(enumerate(p for p in chosen if sigma_of[p] > 0.0))
+        candidates = [everything[n % len(everything)]] if self.layerwise else everything
+        perturbed = dict(enumerate(p for p in candidates if sigma_of[p] > 0.0))
         noise = _noise_for(list(perturbed.values()), [sigma_of[p] for p in perturbed.values()],
                            self.generator, self.distribution)
         with torch.no_grad():
@@ -653,9 +575,9 @@ class PerturbedGD(_NoisyOptimizer):
         finally:
             with torch.no_grad():  # copied back, not (w + xi) - xi, so no round-off remains
                 _assign(perturbed, saved)
-        self._check_gradients()
+        chosen = self._with_grads()  # after the closure: the gradients at the perturbed point
         with torch.no_grad():
-            for group, params in self._with_grads():
+            for group, params in chosen:
                 _assign(params, gd_update(params, self._directions(group, params), group["lr"]))
         for p in everything:
             self.state[p]["step"] = n + 1

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from gni_lib.noise import GaussianNoise, noise_sites, set_noise, sigma_list
+from gni_lib.noise import GaussianNoise, noise_sites, set_noise, sigma_list, standard_noise
 from _shared import DEVICES, seeded_generator as _generator
 
 
@@ -268,3 +268,32 @@ def test_deepcopy_copies_generator_state():
     h = torch.zeros(10)
     assert twin.generator is not site.generator
     assert torch.equal(site(h), twin(h))
+
+
+# --- standard_noise: the one drawer ------------------------------------------------------
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_standard_noise_is_the_documented_buffer(device, dtype):
+    """randn, or 2 randint(0, 2) - 1 cast to dtype; a flat draw viewed as the shape is the same
+    numbers (the optimisers draw flat, GaussianNoise draws shaped: one stream either way)."""
+    shape = (7, 13, 5)
+    z = standard_noise(shape, _generator(9, device), dtype=dtype, device=device)
+    assert z.shape == shape and z.dtype == dtype and z.device.type == device
+    assert torch.equal(z, torch.randn(shape, generator=_generator(9, device), dtype=dtype, device=device))
+    flat = standard_noise(math.prod(shape), _generator(9, device), dtype=dtype, device=device)
+    assert torch.equal(flat.view(shape), z)
+    signs = standard_noise(shape, _generator(9, device), dtype=dtype, device=device, distribution="rademacher")
+    bits = torch.randint(0, 2, shape, generator=_generator(9, device), device=device)
+    assert torch.equal(signs, (2 * bits - 1).to(dtype))
+    assert torch.equal(signs.abs(), torch.ones_like(signs))
+    flat_signs = standard_noise(math.prod(shape), _generator(9, device), dtype=dtype, device=device,
+                                distribution="rademacher")
+    assert torch.equal(flat_signs.view(shape), signs)
+
+
+def test_standard_noise_bad_distribution():
+    with pytest.raises(ValueError, match="distribution"):
+        standard_noise(3, None, dtype=torch.float32, device="cpu", distribution="uniform")
+
