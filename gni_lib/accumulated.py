@@ -43,7 +43,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from .jacobians import check_input, check_model
+from .jacobians import check_calls, check_input, check_model
 from .noise import NOISE_MODES, replace_site_outputs
 
 __all__ = [
@@ -123,12 +123,7 @@ def _ray_output(
                     f"x of shape {tuple(x.shape)} (dtype {x.dtype}, device {x.device}) does "
                     f"not fit the model: {error}"
                 ) from error
-        for k, count in enumerate(calls):
-            if count != 1:
-                raise ValueError(
-                    f"model's noise site {k} was called {count} times in one forward pass; "
-                    "every GaussianNoise site must be used exactly once"
-                )
+        check_calls(calls)
         return out
 
     return output

@@ -24,46 +24,43 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from ._checks import check_tensor
+from .models import ELEMENTWISE, MLPStructure, mlp_forward, mlp_structure, mlp_weights
 from .noise import GaussianNoise
 
 __all__ = ["layer_to_layer_jacobians", "layer_jacobian_norms", "square_layer_traces"]
 
-#: Elementwise activations a layer may end in.
-_ACTIVATIONS = (nn.Tanh, nn.ReLU, nn.ELU, nn.Identity, nn.Sigmoid, nn.LeakyReLU, nn.Softplus)
 
-
-def _layers(model: object) -> list[nn.Sequential]:
-    """Split an MLP into its layers: one ``Sequential(Linear[, activation])`` per :math:`k`."""
+def _structure(model: object) -> MLPStructure:
+    """The layers of a plain MLP (:func:`gni_lib.models.mlp_structure`), with no activation before the first."""
     if not isinstance(model, nn.Sequential):
         raise TypeError(
             f"model must be an nn.Sequential of GaussianNoise, Linear and activation modules "
             f"(gni_lib.models.MLP), got {type(model).__name__}"
         )
-    layers: list[list[nn.Module]] = []
+    structure = mlp_structure(model)
+    if structure is not None and not structure.prefix:
+        return structure
+    if not any(type(child) is nn.Linear for child in model):
+        raise ValueError("model must contain at least one nn.Linear layer")
+    seen_linear = False
     for index, child in enumerate(model):
-        if isinstance(child, GaussianNoise):
-            continue  # the clean pass: noise sites are the identity
-        if isinstance(child, nn.Linear):
-            layers.append([child])
-        elif isinstance(child, _ACTIVATIONS) and layers and len(layers[-1]) == 1:
-            layers[-1].append(child)
-        else:
+        seen_linear = seen_linear or type(child) is nn.Linear
+        fits = type(child) is nn.Linear or isinstance(child, GaussianNoise) or (
+            type(child) in ELEMENTWISE and seen_linear
+        )
+        if not fits:
             raise ValueError(
                 f"model must be a sequence of [GaussianNoise,] Linear[, activation] blocks "
                 f"(gni_lib.models.MLP); child {index} ({type(child).__name__}) does not fit"
             )
-    if not layers:
-        raise ValueError("model must contain at least one nn.Linear layer")
-    return [nn.Sequential(*parts) for parts in layers]
+    raise ValueError(f"model must be exactly an nn.Sequential (gni_lib.models.MLP), got {type(model).__name__}")
 
 
 def _check_input(x: object, d_in: int) -> Tensor:
-    if not isinstance(x, Tensor):
-        raise TypeError(f"x must be a torch.Tensor of shape (B, d_0), got {type(x).__name__}")
-    if x.ndim != 2 or x.shape[0] < 1 or x.shape[1] != d_in:
+    x = check_tensor(x, "x", ndim=2)
+    if x.shape[0] < 1 or x.shape[1] != d_in:
         raise ValueError(f"x must have shape (B, d_0) = (B, {d_in}) with B >= 1, got {tuple(x.shape)}")
-    if not x.is_floating_point() or not bool(torch.isfinite(x).all()):
-        raise ValueError("x must be a finite floating-point tensor")
     return x
 
 
@@ -75,8 +72,8 @@ def layer_to_layer_jacobians(model: nn.Sequential, x: Tensor) -> list[Tensor]:
         G_k[b, i, j] = \frac{\partial h_{k,i}(x_b)}{\partial h_{k-1,j}(x_b)}
         = \phi'(z_{k,i}(x_b))\, (W_k)_{ij}, \qquad z_k = W_k h_{k-1} + b_k,
 
-    at the clean forward pass (noise sites skipped), computed by autograd
-    (:func:`torch.func.jacrev` per example, vectorised with :func:`torch.func.vmap`),
+    at the clean forward pass (noise sites skipped), from :math:`\phi'(z_k)` of
+    :func:`gni_lib.models.mlp_forward` (closed forms, or forward-mode autograd),
     so any elementwise activation works. For ReLU, :math:`G_k = \widetilde W_k`,
     :math:`W_k` with the rows of inactive neurons zeroed (Camuto et al. 2020, Sec. 4).
     Differentiable with respect to the parameters when autograd is on.
@@ -95,13 +92,13 @@ def layer_to_layer_jacobians(model: nn.Sequential, x: Tensor) -> list[Tensor]:
             elementwise activations after them, or ``x`` has the wrong shape or is
             not finite.
     """
-    layers = _layers(model)
-    h = _check_input(x, layers[0][0].in_features)
-    jacobians = []
-    for layer in layers:
-        jacobians.append(torch.func.vmap(torch.func.jacrev(layer))(h))
-        h = layer(h)
-    return jacobians
+    structure = _structure(model)
+    x = _check_input(x, structure.layers[0][0].in_features)
+    first = mlp_forward(structure, x).first
+    return [
+        weight.expand(x.shape[0], *weight.shape).contiguous() if d1 is None else d1.unsqueeze(-1) * weight
+        for (weight, _), d1 in zip(mlp_weights(structure), first)
+    ]
 
 
 def layer_jacobian_norms(model: nn.Sequential, x: Tensor, *, squared: bool = False) -> Tensor:
@@ -158,10 +155,9 @@ def square_layer_traces(model: nn.Sequential) -> tuple[list[int], Tensor]:
         TypeError, ValueError: as :func:`layer_to_layer_jacobians` for ``model``;
             ValueError if it has no square layer.
     """
-    layers = _layers(model)
-    indices = [k for k, layer in enumerate(layers, start=1)
-               if layer[0].in_features == layer[0].out_features]
+    linears = [linear for linear, _ in _structure(model).layers]
+    indices = [k for k, linear in enumerate(linears, start=1) if linear.in_features == linear.out_features]
     if not indices:
         raise ValueError("model has no square layer (d_k = d_{k-1}) to take the trace of")
-    traces = torch.stack([torch.diagonal(layers[k - 1][0].weight).sum() for k in indices])
+    traces = torch.stack([torch.diagonal(linears[k - 1].weight).sum() for k in indices])
     return indices, traces

@@ -29,13 +29,13 @@ unbiased Hutchinson estimate, ``jacobian_penalty(..., method="hutchinson")``.
 
 from __future__ import annotations
 
-import math
 import numbers
 from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
+from ._checks import check_real
 from .seeding import check_generator
 
 __all__ = [
@@ -49,6 +49,22 @@ __all__ = [
 
 #: The estimators :func:`jacobian_penalty` accepts as ``method``.
 PENALTY_METHODS = ("exact", "hutchinson")
+
+
+def _check_model_and_input(model: object, x: object) -> Tensor:
+    if not callable(model):
+        raise TypeError(
+            f"model must be callable (B, d_in) -> (B, d_out), got {type(model).__name__}"
+        )
+    return _check_input(x)
+
+
+def _positive_int(value: object, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be a positive int, got {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value}")
+    return int(value)
 
 
 def _check_input(x: object) -> Tensor:
@@ -93,11 +109,7 @@ def per_example_jacobians(model: Callable[[Tensor], Tensor], x: Tensor) -> Tenso
         ValueError: if ``x`` is not a finite 2-D floating tensor, or the output
             is not of shape :math:`(B, d_\text{out})`.
     """
-    if not callable(model):
-        raise TypeError(
-            f"model must be callable (B, d_in) -> (B, d_out), got {type(model).__name__}"
-        )
-    x = _check_input(x)
+    x = _check_model_and_input(model, x)
     return _jacobians(model, x)
 
 
@@ -199,30 +211,12 @@ def jacobian_penalty(
             device type than ``x``; or the model's output is not
             :math:`(N, d_\text{out})`.
     """
-    if not callable(model):
-        raise TypeError(
-            f"model must be callable (B, d_in) -> (B, d_out), got {type(model).__name__}"
-        )
-    x = _check_input(x)
-    if isinstance(noise_std, bool) or not isinstance(noise_std, numbers.Real):
-        raise TypeError(
-            f"noise_std must be a finite real number >= 0 (a standard deviation), "
-            f"got {type(noise_std).__name__}"
-        )
-    if not math.isfinite(noise_std) or noise_std < 0:
-        raise ValueError(
-            f"noise_std must be a finite real number >= 0 (a standard deviation), got {noise_std!r}"
-        )
-    if isinstance(samples, bool) or not isinstance(samples, numbers.Integral):
-        raise TypeError(f"samples must be a positive int, got {type(samples).__name__}")
-    if samples < 1:
-        raise ValueError(f"samples must be a positive int, got {samples}")
+    x = _check_model_and_input(model, x)
+    noise_std = check_real(noise_std, "noise_std", what=" (a standard deviation)")
+    samples = _positive_int(samples, "samples")
     if not isinstance(method, str) or method not in PENALTY_METHODS:
         raise ValueError(f"method must be one of {PENALTY_METHODS}, got {method!r}")
-    if isinstance(probes, bool) or not isinstance(probes, numbers.Integral):
-        raise TypeError(f"probes must be a positive int, got {type(probes).__name__}")
-    if probes < 1:
-        raise ValueError(f"probes must be a positive int, got {probes}")
+    probes = _positive_int(probes, "probes")
     check_generator(generator, x.device)
 
     batch, d_in = x.shape
@@ -230,13 +224,11 @@ def jacobian_penalty(
         inputs = x
         count = batch
     else:
-        eps = torch.randn(
-            (int(samples), batch, d_in), generator=generator, device=x.device, dtype=x.dtype
-        )
-        inputs = (x.unsqueeze(0) + float(noise_std) * eps).reshape(int(samples) * batch, d_in)
-        count = int(samples) * batch
+        eps = torch.randn((samples, batch, d_in), generator=generator, device=x.device, dtype=x.dtype)
+        inputs = (x.unsqueeze(0) + noise_std * eps).reshape(samples * batch, d_in)
+        count = samples * batch
     if method == "hutchinson":
-        return _hutchinson_squared_norm(model, inputs, int(probes), generator) / count
+        return _hutchinson_squared_norm(model, inputs, probes, generator) / count
     jac = _jacobians(model, inputs)
     return jac.pow(2).sum() / count
 
@@ -312,11 +304,7 @@ def input_hessian_norm(model: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
         ValueError: if ``x`` is not a finite 2-D floating tensor, or the model's
             output is not of shape :math:`(B, d_\text{out})`.
     """
-    if not callable(model):
-        raise TypeError(
-            f"model must be callable (B, d_in) -> (B, d_out), got {type(model).__name__}"
-        )
-    x = _check_input(x)
+    x = _check_model_and_input(model, x)
     hessians = _input_hessians(_per_example(model, x), x)
     return hessians.pow(2).sum() / x.shape[0]
 
@@ -343,24 +331,9 @@ def jacobian_laplacian_cross(model: Callable[[Tensor], Tensor], x: Tensor) -> Te
 
     The model must act on each example separately and must not draw random
     numbers (``eval()`` mode). Differentiable with respect to the parameters.
-
-    Args:
-        model: maps :math:`(B, d_\text{in})` to :math:`(B, d_\text{out})`.
-        x: the inputs, shape :math:`(B, d_\text{in})`, finite, floating point.
-
-    Returns:
-        Tensor: a scalar on ``x``'s device and dtype.
-
-    Raises:
-        TypeError: if ``model`` is not callable or ``x`` is not a tensor.
-        ValueError: if ``x`` is not a finite 2-D floating tensor, or the model's
-            output is not of shape :math:`(B, d_\text{out})`.
+    Args, returns and raises as :func:`input_hessian_norm`.
     """
-    if not callable(model):
-        raise TypeError(
-            f"model must be callable (B, d_in) -> (B, d_out), got {type(model).__name__}"
-        )
-    x = _check_input(x)
+    x = _check_model_and_input(model, x)
     one = _per_example(model, x)
 
     def laplacian(xb: Tensor) -> Tensor:
