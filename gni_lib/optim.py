@@ -28,7 +28,7 @@ trainer, so that a run can be reproduced number for number): at each step one
 flat buffer of :math:`P` standard draws, :func:`gni_lib.noise.standard_noise`
 ``(P, generator, dtype=..., device=...)``, is drawn, where :math:`P` counts the
 coordinates that receive noise this step; it is cut, in parameter order, into one
-view per parameter tensor and multiplied by that tensor's :math:`\sigma`. Nothing
+piece per parameter tensor and multiplied by that tensor's :math:`\sigma`. Nothing
 is drawn when :math:`\sigma = 0`. (The optimisers draw one such buffer per device
 and dtype, in order of first appearance.)
 
@@ -305,13 +305,15 @@ class _NoisyOptimizer(torch.optim.Optimizer):
                 "params must be a non-empty iterable of tensors (e.g. model.parameters()), "
                 "got an empty list"
             )
-        defaults = dict(lr=check_real(lr, "lr"), sigma=_check_sigma(sigma), momentum=check_real(momentum, "momentum"))
+        defaults = dict(
+            lr=check_real(lr, "lr"), sigma=_check_sigma(sigma), momentum=check_real(momentum, "momentum")
+        )
         self.distribution = check_choice(distribution, "distribution", NOISE_DISTRIBUTIONS)
         self.generator = check_generator(generator)
         super().__init__(params, defaults)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
-        """Add a group (see :class:`torch.optim.Optimizer`); its ``lr``, ``sigma`` and ``momentum`` are checked."""
+        """Add a param group, as :class:`torch.optim.Optimizer` does, checking its settings."""
         super().add_param_group(param_group)
         i, group = len(self.param_groups) - 1, self.param_groups[-1]
         try:
@@ -353,7 +355,7 @@ class _NoisyOptimizer(torch.optim.Optimizer):
 
     def _draw(self, chosen: Chosen) -> list[dict[int, Tensor]]:
         """:math:`\\xi` for the tensors of each group with sigma > 0 (an empty dict for the others)."""
-        noisy = [(p, group["sigma"]) for group, params in chosen if group["sigma"] > 0.0 for p in params.values()]
+        noisy = [(p, g["sigma"]) for g, params in chosen if g["sigma"] > 0.0 for p in params.values()]
         drawn = iter(_noise_for([p for p, _ in noisy], [s for _, s in noisy], self.generator, self.distribution))
         return [{k: next(drawn) for k in params} if group["sigma"] > 0.0 else {} for group, params in chosen]
 
