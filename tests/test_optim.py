@@ -830,3 +830,16 @@ def test_unknown_distribution_names_the_argument(bad):
     for cls in (PGD, AntiPGD, PerturbedGD):
         with pytest.raises(ValueError, match="distribution"):
             cls(_model().parameters(), 0.1, 0.1, distribution=bad)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_stacked_rows_are_single_draws_in_low_precision(dtype):
+    """Row m equals draw_noise for model m in bfloat16 / float16 too: sigma is not rounded to
+    the low precision before the product (it was, through a torch.tensor(sigmas) per step)."""
+    stacked = {"w": torch.zeros(2, 64, 8, dtype=dtype)}
+    sigmas = [0.1, 0.37]
+    generators = [_gen(50 + m) for m in range(2)]
+    clones = copy.deepcopy(generators)
+    noise = _stacked_noise(stacked, sigmas, generators)
+    for m in range(2):
+        assert torch.equal(noise["w"][m], draw_noise(_row(stacked, m), sigmas[m], clones[m])["w"])
