@@ -164,7 +164,12 @@ def _mlp_products(
         ) from error
     layers: list[int] = structure.site_layers  # type: ignore[assignment]
     weights = [w for w, _ in mlp_weights(structure, params)]
-    grads = mlp_backward(weights, clean.first, rows(clean.output), stop=min(layers))
+    if rows is output_basis:  # C = I: the last layer's product is diag(phi') W itself
+        weight, d1 = weights[-1], clean.first[-1]
+        g = weight.expand(x.shape[0], *weight.shape) if d1 is None else d1.unsqueeze(-1) * weight
+        grads = [*mlp_backward(weights[:-1], clean.first[:-1], g, stop=min(layers)), g]
+    else:
+        grads = mlp_backward(weights, clean.first, rows(clean.output), stop=min(layers))
     return clean.output, [clean.inputs[m] for m in layers], [grads[m] for m in layers]
 
 
