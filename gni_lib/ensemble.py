@@ -2,51 +2,39 @@ r"""Many seeds at once: train :math:`M` copies of a network side by side.
 
 Every figure of chapters 04, 07, 08 and 09 shows intervals over seeds, noise
 levels or step sizes, so it trains the same small network many times.
-:func:`train_ensemble` stacks the :math:`M` copies' parameters into tensors with
-a leading model axis (:func:`torch.func.stack_module_state`) and takes one step
-for all of them at once: the per-model gradients come from
-:func:`torch.func.vmap` over :func:`torch.func.grad` of a
-:func:`torch.func.functional_call`, or, for an MLP (a ``Sequential`` of
-``Linear`` layers and elementwise activations), from a batched-matmul forward
-pass (``torch.baddbmm``) and one backward pass, which is several times faster on a
-CPU (see ``benchmarks/bench_ensemble.py``). Each model's parameters are one row
-of a flat :math:`(M, P)` tensor, in parameter order, and the update is one of
-the functional updates of :mod:`gni_lib.optim` applied to the whole tensor at
-once (or Adam's elementwise update, ``method="adam"``), with a per-model step size:
+:func:`train_ensemble` stacks the :math:`M` copies' parameters with a leading
+model axis (:func:`torch.func.stack_module_state`), one row of a flat
+:math:`(M, P)` tensor per model, and takes one step for all of them at once, with
+the functional updates of :mod:`gni_lib.optim` (or Adam's elementwise update):
 
 .. math::
 
     w^{(m)}_{n+1} = w^{(m)}_n - \eta_m \nabla L\bigl(w^{(m)}_n [+ \xi^{(m)}_n]\bigr)
         [+ \xi^{(m)}_{n+1}] [- \xi^{(m)}_n], \qquad m = 1, \dots, M,
 
-with each model's own step size :math:`\eta_m`, noise level :math:`\sigma_m` and
-noise generator. Noise is drawn outside ``vmap``, one :math:`(M, P)` buffer per
-step, row :math:`m` from ``generators[m]`` exactly as the optimiser classes draw
-it, so **the ensemble equals training the** :math:`M` **models one by one** with
-:func:`gni_lib.train.train` and :class:`gni_lib.optim.PGD` (etc.) up to
-floating-point round-off in the batched matrix products (tested: 1e-6 in
-float32, 1e-12 in float64).
-
-The models may also carry noise *sites* (Camuto et al. 2020, chapter 4 of the
-book): with ``inject_noise=True`` every site adds :math:`\sigma_{m,k} z`, row
-:math:`m` of the noise drawn from ``site_generators[m]`` in forward order, as a
-:class:`gni_lib.noise.GaussianNoise` with that generator would; and
-``penalty="explicit_regularizer"`` adds :math:`\lambda_m R_m`, the explicit
-regulariser of eq. 9, computed exactly for all models at once on the fast path
-(a batched backward recursion for :math:`C J_k`, differentiable) and by a loop
-over the models on the ``vmap`` path. Both again equal one-at-a-time training
-with :func:`gni_lib.train.train` (``inject_noise=...``, ``penalty=...``).
+each model with its own step size :math:`\eta_m`, noise level :math:`\sigma_m` and
+noise generator. The per-model gradients come from :func:`torch.func.vmap` over
+:func:`torch.func.grad` of a :func:`torch.func.functional_call`, or, for a plain
+MLP (:func:`gni_lib.models.mlp_structure`), from the MLP core of
+:mod:`gni_lib.models` run with batched matmuls (``torch.baddbmm``), which is
+several times faster on a CPU (``benchmarks/bench_ensemble.py``). Noise, in the
+optimiser or at the noise sites (Camuto et al. 2020), is drawn row by row from
+each model's generator exactly as :func:`gni_lib.train.train` would draw it, and
+the explicit regulariser is the same :math:`R` as
+:func:`gni_lib.regularisers.explicit_regularizer`, batched over the models, so
+**the ensemble equals training the** :math:`M` **models one by one**, up to the
+round-off of batched products (tested: 1e-6 in float32, 1e-12 in float64).
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import itertools
 import math
 import numbers
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import partial
 from typing import NamedTuple
 
 import torch
@@ -54,10 +42,11 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad_and_value, stack_module_state, vmap
 
 from ._checks import check_real
-from .losses import ce_hessian_root, get_loss
+from .losses import ce_hessian_root, get_loss, per_example_loss
+from .models import MLPPass, MLPStructure, elementwise, mlp_structure, mlp_weights
 from .noise import GaussianNoise, noise_sites, replace_site_outputs
 from .optim import _check_sigma, _draw_rows, anti_pgd_update, gd_update, perturb, pgd_update
-from .regularisers import explicit_regularizer
+from .regularisers import functional_regularizer
 from .seeding import check_generator
 from .train import History, _batches, _check_run, _clean_metrics, _record, _refuse_non_finite, _run_steps
 
@@ -71,13 +60,6 @@ METHODS: dict[str, str] = {
     "anti_pgd": "gni_lib.optim.AntiPGD(params, lr, sigma, generator=g)",
     "perturbed_gd": "gni_lib.optim.PerturbedGD(params, lr, sigma, layerwise=..., generator=g)",
 }
-
-#: Elementwise modules the batched-matmul fast path may apply to a (M, B, d) tensor.
-_ELEMENTWISE = (
-    nn.Tanh, nn.ReLU, nn.ELU, nn.Identity, nn.Sigmoid, nn.GELU, nn.Softplus, nn.LeakyReLU,
-    nn.SiLU,
-)
-
 
 @dataclass
 class EnsembleResult:
@@ -97,158 +79,95 @@ class EnsembleResult:
 
 
 def supports_fast_path(model: nn.Module) -> bool:
-    """True if ``model`` is a ``Sequential`` of ``Linear`` layers and elementwise activations.
+    r"""True if ``model`` is a plain MLP (:func:`gni_lib.models.mlp_structure`) with its noise sites off.
 
-    Those are the models (for example every :func:`gni_lib.models.MLP` with its
-    noise sites off) that :func:`train_ensemble` runs through ``torch.baddbmm``
-    instead of ``vmap`` by default. Noise sites count as elementwise only with
-    :math:`\\sigma = 0` here; with ``inject_noise`` given, :func:`train_ensemble`
-    also runs MLPs whose sites have :math:`\\sigma > 0` on the fast path.
+    Those are the models (for example every :func:`gni_lib.models.MLP` with
+    :math:`\sigma = 0`) that :func:`train_ensemble` runs through ``torch.baddbmm``
+    instead of ``vmap`` by default. With ``inject_noise`` given, :func:`train_ensemble`
+    also runs MLPs whose sites have :math:`\sigma > 0` on the fast path, when each
+    site feeds a linear layer.
     """
-    return _fits_fast_path(model, allow_noise=False)
+    return mlp_structure(model) is not None and all(site.sigma == 0.0 for site in noise_sites(model))
 
 
-def _fits_fast_path(model: nn.Module, *, allow_noise: bool) -> bool:
-    if not isinstance(model, nn.Sequential) or len(model) == 0:
-        return False
-    for child in model:
-        if isinstance(child, nn.Linear):
-            continue
-        if isinstance(child, GaussianNoise) and (allow_noise or child.sigma == 0.0):
-            continue
-        if isinstance(child, _ELEMENTWISE) and not any(True for _ in child.parameters()):
-            continue
-        return False
-    return any(isinstance(child, nn.Linear) for child in model)
+# --- the batched-matmul route: the MLP core of gni_lib.models with a leading model axis ----------
 
 
-# --- per-model losses (vectorised over a leading model axis, no data-dependent checks) ---------
-
-
-def _per_model_loss(loss: str, out: Tensor, target: Tensor) -> Tensor:
-    """Loss of each model: ``out`` is (..., B, d); returns shape (...)."""
-    if loss == "mse":
-        return 0.5 * (out - target).pow(2).sum(dim=-1).mean(dim=-1)
-    logp = torch.log_softmax(out, dim=-1)
-    index = target.expand(out.shape[:-1]).unsqueeze(-1)
-    return -logp.gather(-1, index).squeeze(-1).mean(dim=-1)
-
-
-# --- the two forward routes ---------------------------------------------------------------------
-
-
-def _fast_forward(
-    layers: list[tuple],
+def _stacked_forward(
+    structure: MLPStructure,
     params: Mapping[str, Tensor],
     x: Tensor,
-    site_noise: Callable[[int, str, Tensor], Tensor] | None = None,
-    trace: list[tuple] | None = None,
-) -> Tensor:
-    """Stacked MLP forward: ``x`` is (B, d) (shared) or (M, B, d); returns (M, B, d_out).
+    perturb: Callable[[int, Tensor], Tensor] | None = None,
+    derivatives: bool = False,
+) -> MLPPass:
+    r""":func:`gni_lib.models.mlp_forward` for :math:`M` stacked MLPs, one ``baddbmm`` per layer.
 
-    ``layers`` holds ``("site", k, mode)`` entries only when noise sites matter
-    (injection or the explicit regulariser); ``site_noise(k, mode, h)`` then returns
-    the perturbed activation. ``trace`` collects what :func:`_fast_regularizer`
-    needs: ``("linear", W)``, ``("act", module, input, output)``, ``("site", k, mode, h)``.
+    ``params`` are stacked, :math:`(M, \dots)`; ``x`` is :math:`(B, d_0)` (shared) or
+    :math:`(M, B, d_0)`. ``perturb(k, h)`` (noise injection) replaces the input of the
+    linear layer that site :math:`k` feeds, in forward order. Returns the
+    :class:`~gni_lib.models.MLPPass` with a leading model axis (``first`` only with
+    ``derivatives``). The core's ``vmap`` route is slower at these sizes (dispatch
+    overhead; see ``benchmarks/bench_ensemble.py``), hence the batched matmuls.
     """
     count = next(iter(params.values())).shape[0]
-    h = x if x.ndim == 3 else x.expand(count, *x.shape)
-    for kind, a, b in layers:
-        if kind == "linear":
-            weight = params[a].transpose(1, 2)
-            if trace is not None:
-                trace.append(("linear", params[a]))
-            if b is None:
-                h = torch.bmm(h, weight)
-            else:
-                h = torch.baddbmm(params[b].unsqueeze(1), h, weight)
-        elif kind == "site":
-            if trace is not None:
-                trace.append(("site", a, b, h))
-            if site_noise is not None:
-                h = site_noise(a, b, h)
+    a = x if x.ndim == 3 else x.expand(count, *x.shape)
+    for module in structure.prefix:
+        a = module(a)
+    feeds = {layer: k for k, layer in enumerate(structure.site_layers)}
+    inputs, first = [], []
+    for m, ((weight, bias), (_, modules)) in enumerate(zip(mlp_weights(structure, params), structure.layers)):
+        if perturb is not None and m in feeds:
+            a = perturb(feeds[m], a)
+        inputs.append(a)
+        weight = weight.transpose(1, 2)
+        z = torch.bmm(a, weight) if bias is None else torch.baddbmm(bias.unsqueeze(1), a, weight)
+        if derivatives:
+            a, d1, _ = elementwise(modules, z)
+            first.append(d1)
         else:
-            out = a(h)
-            if trace is not None:
-                trace.append(("act", a, h, out))
-            h = out
-    return h
+            a = z
+            for module in modules:
+                a = module(a)
+    return MLPPass(inputs, first, [], a)
 
 
-def _fast_layers(model: nn.Sequential, include_sites: bool = False) -> list[tuple]:
-    layers: list[tuple] = []
-    site = 0
-    for name, child in model.named_children():
-        if isinstance(child, nn.Linear):
-            layers.append(("linear", f"{name}.weight", f"{name}.bias" if child.bias is not None else None))
-        elif isinstance(child, GaussianNoise):
-            if include_sites:
-                layers.append(("site", site, child.mode))
-            site += 1
-        else:
-            layers.append(("act", child, None))
-    return layers
-
-
-def _activation_derivative(module: nn.Module, u: Tensor, a: Tensor) -> Tensor:
-    r""":math:`\phi'(u)` of an elementwise module with ``a = module(u)``, differentiable in
-    :math:`u` (hence in the parameters) when ``u`` carries a graph."""
-    if u.requires_grad and a.requires_grad:
-        (d,) = torch.autograd.grad(a.sum(), u, create_graph=True)
-        return d
-    with torch.enable_grad():
-        leaf = u.detach().requires_grad_(True)
-        (d,) = torch.autograd.grad(module(leaf).sum(), leaf)
-    return d
-
-
-def _fast_regularizer(
-    trace: list[tuple], output: Tensor, loss: str, site_sigmas: Tensor, active_sites: set[int]
+def _stacked_regularizer(
+    structure: MLPStructure, params: Mapping[str, Tensor], clean: MLPPass, loss: str, sites: _Sites
 ) -> Tensor:
     r"""Per-model explicit regulariser :math:`R_m` (Camuto et al. 2020, eq. 9), shape (M,).
 
     .. math::
 
-        R_m = \frac{1}{2B} \sum_b \sum_k \sigma_{m,k}^2
-            \bigl\lVert C_{m,b}\, J_{m,k}(x_b) \bigr\rVert_F^2,
+        R_m = \frac{1}{2B} \sum_b \sum_k \bigl\lVert C_{m,b}\, J_{m,k}(x_b)
+            \operatorname{diag}(s_{m,k,b}) \bigr\rVert_F^2,
 
-    with :math:`C = I` (MSE, eq. 11) or the rows :math:`\sqrt{p_j}(e_j - p)` of
-    :math:`S^\top`, :math:`S S^\top = H_L` (CE, eq. 13), and :math:`\sigma_{m,k}^2`
-    replaced by :math:`\sigma_{m,k}^2 h_{k,a}^2` on coordinate :math:`a` for a
-    multiplicative site (eq. 6). :math:`C J_k` comes from the backward recursion
-    over the children (``G <- G W`` through a linear layer, ``G <- G diag(phi')``
-    through an activation), batched over models and examples. Differentiable in
-    the parameters: the same quantity as :func:`gni_lib.regularisers.explicit_regularizer`
-    with ``method="exact"``, for all models at once. ``site_sigmas`` is (M, K);
-    ``active_sites`` holds the sites with :math:`\sigma_{m,k} > 0` for some model.
+    the MLP route of :func:`gni_lib.regularisers.functional_regularizer` for all
+    models at once: :math:`C J_k` by the backward recursion of
+    :func:`gni_lib.models.mlp_backward`, :math:`G_{m-1} = (G_m \odot \phi_m') W_m`, one
+    ``bmm`` per layer; ``clean`` is the clean :func:`_stacked_forward` with derivatives.
     """
+    output = clean.output
     count, batch, d_out = output.shape
     if loss == "mse":
-        eye = torch.eye(d_out, dtype=output.dtype, device=output.device)
-        g = eye.expand(count, batch, d_out, d_out)
+        g = torch.eye(d_out, dtype=output.dtype, device=output.device).expand(count, batch, d_out, d_out)
     else:
         g = ce_hessian_root(output)
     rows = g.shape[2]
-    active = [i for i, entry in enumerate(trace) if entry[0] == "site" and entry[1] in active_sites]
+    weights = [w for w, _ in mlp_weights(structure, params)]
+    site_of = {structure.site_layers[k]: k for k in sites.active}
     total = output.new_zeros(count)
-    if not active:
-        return total
-    for i in range(len(trace) - 1, active[0] - 1, -1):
-        entry = trace[i]
-        if entry[0] == "linear":
-            weight = entry[1]  # (M, out, in)
-            g = torch.bmm(g.reshape(count, batch * rows, weight.shape[1]), weight)
-            g = g.reshape(count, batch, rows, weight.shape[2])
-        elif entry[0] == "act":
-            g = g * _activation_derivative(entry[1], entry[2], entry[3]).unsqueeze(2)
-        elif i in active:
-            _, k, mode, h = entry
-            sigma = site_sigmas[:, k]
-            if mode == "multiplicative":  # columns times sigma_k h_k (eq. 6)
-                scaled = g * (sigma.view(count, 1, 1) * h).unsqueeze(2)
-                total = total + scaled.pow(2).sum(dim=(1, 2, 3))
-            else:
-                total = total + sigma.pow(2) * g.pow(2).sum(dim=(1, 2, 3))
+    for m in range(len(weights) - 1, min(site_of, default=len(weights)) - 1, -1):
+        if clean.first[m] is not None:
+            g = g * clean.first[m].unsqueeze(2)
+        g = torch.bmm(g.reshape(count, batch * rows, -1), weights[m]).reshape(count, batch, rows, -1)
+        k = site_of.get(m)
+        if k is None:
+            continue
+        sigma = sites.sigmas[:, k]
+        if sites.modes[k] == "multiplicative":  # columns times sigma_k h_k (eq. 6)
+            total = total + (g * (sigma.view(count, 1, 1) * clean.inputs[m]).unsqueeze(2)).pow(2).sum(dim=(1, 2, 3))
+        else:
+            total = total + sigma.pow(2) * g.pow(2).sum(dim=(1, 2, 3))
     return 0.5 * total / batch
 
 
@@ -449,8 +368,10 @@ def _check_penalty(
     return kind, weights
 
 
-def _check_fast_path(fast_path: object, model: nn.Module, inject_noise: bool | None) -> bool:
-    can_fast = _fits_fast_path(model, allow_noise=inject_noise is not None)
+def _check_fast_path(fast_path: object, model: nn.Module, sites_matter: bool) -> bool:
+    """The route: an MLP, whose noise sites (when they inject noise or enter R) each feed a linear layer."""
+    structure = mlp_structure(model)
+    can_fast = structure is not None and not (sites_matter and None in structure.site_layers)
     if fast_path is None:
         return can_fast
     if not isinstance(fast_path, bool):
@@ -535,12 +456,11 @@ class _Stack:
         self.flat = torch.cat([stacked[k].detach().reshape(self.count, -1) for k in self.names], dim=1)
         self.x, self.sites, self.penalty_kind, self.penalty = x, sites, penalty_kind, penalty
         self.weight_column = torch.tensor(weights, dtype=x.dtype, device=x.device)
+        # R: batched over the models on either route; a callable penalty: a loop over them.
         self.fast_penalty = penalty_kind == "explicit_regularizer" and use_fast
-        self.loop_penalty = penalty_kind is not None and not self.fast_penalty
-        self.layers = _fast_layers(models[0]) if use_fast else None
-        # With noise or R the fast path also walks the noise sites.
-        with_sites = use_fast and (sites.noise_on or self.fast_penalty)
-        self.site_layers = _fast_layers(models[0], include_sites=True) if with_sites else None
+        self.vmap_penalty = penalty_kind == "explicit_regularizer" and not use_fast
+        self.loop_penalty = penalty_kind == "callable"
+        self.structure = mlp_structure(models[0]) if use_fast else None
         self.skeleton = copy.deepcopy(models[0]).to("meta")
         self.site_calls = _site_call_shapes(models[0], x) if sites.noise_on and not use_fast else None
 
@@ -563,29 +483,39 @@ class _Stack:
             math.prod(shape), self.sites.rows[k], self.sites.generators, x.dtype, x.device
         ).view(self.count, *shape)
 
-    def perturb_site(self, k: int, mode: str, h: Tensor) -> Tensor:
+    def perturb_site(self, k: int, h: Tensor) -> Tensor:
         """The fast path's noise site: h is (M, B, d); draws in forward order, as GaussianNoise does."""
         noise = self.draw_site(k, tuple(h.shape[1:]))
-        return h + noise if mode == "additive" else h * (1.0 + noise)
+        return h + noise if self.sites.modes[k] == "additive" else h * (1.0 + noise)
 
-    def single_loss(self, row: Tensor, b: dict[str, Tensor], xb: Tensor, yb: Tensor) -> Tensor:
-        out = functional_call(self.skeleton, (self.unflatten(row), b), (xb,))
-        return _per_model_loss(self.loss, out, yb)
-
-    def single_noisy_loss(
-        self, row: Tensor, b: dict[str, Tensor], noise: list[Tensor], xb: Tensor, yb: Tensor
+    def single_objective(
+        self, row: Tensor, b: dict[str, Tensor], noise: list[Tensor] | None, sigma: Tensor, weight: Tensor,
+        xb: Tensor, yb: Tensor,
     ) -> Tensor:
+        """The ``vmap`` route, one model: L (at the sites' ``noise``, if given) [+ weight R]."""
+        params = self.unflatten(row)
+
         def replace(k: int, h: Tensor) -> Tensor:
             return h + noise[k] if self.sites.modes[k] == "additive" else h * (1.0 + noise[k])
 
-        with replace_site_outputs(self.skeleton, replace):
-            out = functional_call(self.skeleton, (self.unflatten(row), b), (xb,))
-        return _per_model_loss(self.loss, out, yb)
+        with replace_site_outputs(self.skeleton, replace) if noise is not None else contextlib.nullcontext():
+            out = functional_call(self.skeleton, (params, b), (xb,))
+        objective = per_example_loss(out, yb, self.loss).mean(dim=-1)
+        if self.vmap_penalty:
+            r = functional_regularizer(self.skeleton, {**params, **b}, xb, sigmas=sigma, loss=self.loss)
+            objective = objective + weight * r
+        return objective
 
-    def fast_regularizer(self, params: Mapping[str, Tensor], xs: Tensor) -> Tensor:
-        trace: list[tuple] = []
-        out = _fast_forward(self.site_layers, params, xs, trace=trace)
-        return _fast_regularizer(trace, out, self.loss, self.sites.sigmas, self.sites.active)
+    def regularizer(self, params: Mapping[str, Tensor], xs: Tensor) -> Tensor:
+        """R of every model on ``xs`` (shared or per model), (M,), differentiable."""
+        if self.use_fast:
+            clean = _stacked_forward(self.structure, params, xs, derivatives=True)
+            return _stacked_regularizer(self.structure, params, clean, self.loss, self.sites)
+        in_x = None if xs.ndim == self.x.ndim else 0
+        return vmap(
+            lambda p, b, s, x_: functional_regularizer(self.skeleton, {**p, **b}, x_, sigmas=s, loss=self.loss),
+            in_dims=(0, 0, 0, in_x),
+        )(params, self.buffers, self.sites.sigmas, xs)
 
     def looped_penalty(self, rows: Tensor, xb: Tensor, with_grad: bool) -> tuple[Tensor, Tensor | None]:
         """The fallback: the penalty (and its gradient) of each model in turn, (M,) and (M, P)."""
@@ -595,10 +525,7 @@ class _Stack:
         for m, model in enumerate(self.models):
             inputs = xb if shared else xb[m]
             with torch.enable_grad():
-                if self.penalty_kind == "explicit_regularizer":
-                    value = explicit_regularizer(model, inputs, loss=self.loss)
-                else:
-                    value = self.penalty(model, inputs)
+                value = self.penalty(model, inputs)
                 if not isinstance(value, Tensor) or value.numel() != 1:
                     raise TypeError(f"penalty must return a scalar tensor, got {type(value).__name__}")
                 value = value.reshape(())
@@ -606,7 +533,7 @@ class _Stack:
                     parts = torch.autograd.grad(value, list(model.parameters()), allow_unused=True,
                                                 materialize_grads=True)
                     grads.append(torch.cat([g.reshape(-1) for g in parts]))
-                elif with_grad:  # a constant (e.g. R with every sigma 0): no gradient
+                elif with_grad:  # a constant: no gradient
                     grads.append(rows.new_zeros(rows.shape[1]))
             values.append(value.detach())
         return torch.stack(values), (torch.stack(grads) if with_grad else None)
@@ -618,18 +545,15 @@ class _Stack:
         leaves = {k: v.detach().requires_grad_() for k, v in self.unflatten(rows.detach()).items()}
         noise_on = self.sites.noise_on
         with torch.enable_grad():
-            if self.site_layers is None:
-                objective = _per_model_loss(self.loss, _fast_forward(self.layers, leaves, xb), yb)
-            else:
-                trace: list[tuple] | None = [] if self.fast_penalty and not noise_on else None
-                out = _fast_forward(self.site_layers, leaves, xb, self.perturb_site if noise_on else None, trace)
-                objective = _per_model_loss(self.loss, out, yb)
-                if self.fast_penalty:  # R from the clean pass: shared with the loss when noise is off
-                    if noise_on:
-                        r = self.fast_regularizer(leaves, xb)
-                    else:
-                        r = _fast_regularizer(trace, out, self.loss, self.sites.sigmas, self.sites.active)
-                    objective = objective + self.weight_column * r
+            # R needs the clean pass with phi': shared with the loss when noise is off.
+            shared_pass = self.fast_penalty and not noise_on
+            forward = _stacked_forward(self.structure, leaves, xb, self.perturb_site if noise_on else None,
+                                       derivatives=shared_pass)
+            objective = per_example_loss(forward.output, yb, self.loss).mean(dim=-1)
+            if self.fast_penalty:
+                clean = forward if shared_pass else _stacked_forward(self.structure, leaves, xb, derivatives=True)
+                r = _stacked_regularizer(self.structure, leaves, clean, self.loss, self.sites)
+                objective = objective + self.weight_column * r
             grads = torch.autograd.grad(objective.sum(), list(leaves.values()))
         return objective.detach(), torch.cat([g.reshape(self.count, -1) for g in grads], dim=1)
 
@@ -639,16 +563,14 @@ class _Stack:
             objective, grads = self.fast_objective(rows, xb, yb)
         else:
             in_x = None if xb.ndim == self.x.ndim else 0
+            noise = None
             if self.sites.noise_on:
                 batch = xb.shape[0] if in_x is None else xb.shape[1]
                 noise = _draw_site_calls(self.site_calls, batch, self.draw_site, len(self.sites.modes))
-                grads, objective = vmap(grad_and_value(self.single_noisy_loss), in_dims=(0, 0, 0, in_x, in_x))(
-                    rows, self.buffers, noise, xb, yb
-                )
-            else:
-                grads, objective = vmap(grad_and_value(self.single_loss), in_dims=(0, 0, in_x, in_x))(
-                    rows, self.buffers, xb, yb
-                )
+            grads, objective = vmap(
+                grad_and_value(self.single_objective),
+                in_dims=(0, 0, None if noise is None else 0, 0, 0, in_x, in_x),
+            )(rows, self.buffers, noise, self.sites.sigmas, self.weight_column, xb, yb)
         if self.loop_penalty:
             values, penalty_grads = self.looped_penalty(rows, xb, with_grad=True)
             objective = objective + self.weight_column * values
@@ -657,14 +579,14 @@ class _Stack:
 
     def outputs(self, rows: Tensor, xs: Tensor) -> Tensor:
         if self.use_fast:
-            return _fast_forward(self.layers, self.unflatten(rows), xs)
+            return _stacked_forward(self.structure, self.unflatten(rows), xs).output
         return vmap(lambda r, b: functional_call(self.skeleton, (self.unflatten(r), b), (xs,)))(rows, self.buffers)
 
     def penalty_values(self, rows: Tensor) -> list[float]:
         """The unweighted penalty of each model on the whole training set (recorded)."""
-        if self.fast_penalty:
-            return self.fast_regularizer(self.unflatten(rows), self.x).detach().tolist()
-        return self.looped_penalty(rows, self.x, with_grad=False)[0].tolist()
+        if self.loop_penalty:
+            return self.looped_penalty(rows, self.x, with_grad=False)[0].tolist()
+        return self.regularizer(self.unflatten(rows), self.x).detach().tolist()
 
 
 class _StackedOptimizer:
@@ -781,12 +703,10 @@ def train_ensemble(
     with ``penalty=P, penalty_weight=lambda_m, inject_noise=...``:
 
     - ``penalty="explicit_regularizer"``: :math:`P = R`, eq. 9, exactly as
-      ``explicit_regularizer(model, x_batch, loss=loss, method="exact")``. On the fast
-      path it is computed for all models at once by a batched backward recursion
-      for :math:`C J_k` (one ``bmm`` per layer, differentiable); on the ``vmap``
-      path it falls back to a Python loop over the models (one
-      :func:`~gni_lib.regularisers.explicit_regularizer` call and one backward pass
-      per model and step).
+      ``explicit_regularizer(model, x_batch, loss=loss, method="exact")``, computed for
+      all models at once: on the fast path by the backward recursion of the MLP
+      core (one ``bmm`` per layer), on the ``vmap`` path as ``vmap`` over
+      :func:`~gni_lib.regularisers.functional_regularizer`.
     - a callable ``penalty(model, x_batch) -> scalar``: always the loop fallback:
       ``models[m]`` is loaded with its current (possibly perturbed) parameters, in
       ``eval()`` mode (noise off, unlike :func:`~gni_lib.train.train` with
@@ -867,7 +787,8 @@ def train_ensemble(
                 f"{name} must be {dtype} on {device} like the models' parameters, "
                 f"got {value.dtype} on {value.device}"
             )
-    use_fast = _check_fast_path(fast_path, models[0], inject_noise)
+    sites_matter = sites.noise_on or penalty_kind == "explicit_regularizer"
+    use_fast = _check_fast_path(fast_path, models[0], sites_matter)
     full_batch = run.batch_size in (None, run.x.shape[0])
     batch_generators = None if full_batch else _batch_generators(batch_generator, count)
     # The library losses validate the targets once, on model 0's outputs (shapes,
@@ -885,7 +806,7 @@ def train_ensemble(
 
     def record(step: int) -> float:
         metrics = _clean_metrics(
-            lambda xs: stack.outputs(stack.flat, xs), partial(_per_model_loss, loss), run, loss == "ce"
+            lambda xs: stack.outputs(stack.flat, xs), lambda out, target: per_example_loss(out, target, loss).mean(dim=-1), run, loss == "ce"
         )
         penalties = stack.penalty_values(stack.flat) if penalty_kind is not None else None
         if run.extras:
