@@ -57,11 +57,12 @@ classified example has :math:`\gamma_\text{lin} \ge \gamma_\text{bound}`.
 from __future__ import annotations
 
 import math
-import numbers
 from typing import NamedTuple
 
 import torch
 from torch import Tensor
+
+from ._checks import check_int, check_tensor
 
 __all__ = [
     "ReliabilityDiagram",
@@ -95,16 +96,11 @@ class ReliabilityDiagram(NamedTuple):
 
 
 def _check_logits(logits: object) -> Tensor:
-    if not isinstance(logits, Tensor):
-        raise TypeError(f"logits must be a torch.Tensor of shape (n, C), got {type(logits).__name__}")
+    logits = check_tensor(logits, "logits")
     if logits.ndim != 2 or logits.shape[0] < 1 or logits.shape[1] < 2:
         raise ValueError(
             f"logits must have shape (n, C) with n >= 1 and C >= 2 classes, got {tuple(logits.shape)}"
         )
-    if not logits.is_floating_point():
-        raise ValueError(f"logits must be a floating-point tensor, got dtype {logits.dtype}")
-    if not bool(torch.isfinite(logits).all()):
-        raise ValueError("logits must be finite, but they hold NaN or infinite entries")
     return logits
 
 
@@ -126,17 +122,8 @@ def _check_labels(labels: object, logits: Tensor) -> Tensor:
     return labels
 
 
-def _check_bins(bins: object) -> int:
-    if isinstance(bins, bool) or not isinstance(bins, numbers.Integral):
-        raise TypeError(f"bins must be a positive int, got {type(bins).__name__}")
-    if bins < 1:
-        raise ValueError(f"bins must be a positive int, got {bins}")
-    return int(bins)
-
-
 def _check_jacobian(jacobian: object, logits: Tensor) -> Tensor:
-    if not isinstance(jacobian, Tensor):
-        raise TypeError(f"jacobian must be a torch.Tensor of shape (n, C, d), got {type(jacobian).__name__}")
+    jacobian = check_tensor(jacobian, "jacobian")
     n, classes = logits.shape
     if jacobian.ndim != 3 or jacobian.shape[:2] != (n, classes) or jacobian.shape[2] < 1:
         raise ValueError(
@@ -148,8 +135,6 @@ def _check_jacobian(jacobian: object, logits: Tensor) -> Tensor:
             f"jacobian must have the logits' dtype {logits.dtype} and device {logits.device}, "
             f"got {jacobian.dtype} on {jacobian.device}"
         )
-    if not bool(torch.isfinite(jacobian).all()):
-        raise ValueError("jacobian must be finite, but it holds NaN or infinite entries")
     return jacobian
 
 
@@ -192,7 +177,7 @@ def confidence_bins(confidence: Tensor, bins: int = 10) -> Tensor:
         ValueError: if ``confidence`` is not a 1-D floating tensor with values in
             :math:`[0, 1]`, or ``bins < 1``.
     """
-    bins = _check_bins(bins)
+    bins = check_int(bins, "bins")
     if not isinstance(confidence, Tensor):
         raise TypeError(f"confidence must be a torch.Tensor of shape (n,), got {type(confidence).__name__}")
     if confidence.ndim != 1 or not confidence.is_floating_point():
@@ -238,7 +223,7 @@ def reliability_diagram(logits: Tensor, labels: Tensor, *, bins: int = 10) -> Re
     """
     logits = _check_logits(logits)
     labels = _check_labels(labels, logits)
-    bins = _check_bins(bins)
+    bins = check_int(bins, "bins")
     confidence, prediction = confidence_and_prediction(logits)
     index = confidence_bins(confidence, bins)
     correct = (prediction == labels).to(logits.dtype)

@@ -40,7 +40,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from ._checks import check_int, check_real, check_tensor
+from ._checks import check_dtype, check_int, check_real, check_tensor
 from .seeding import make_generator
 
 __all__ = [
@@ -87,14 +87,6 @@ def _check_range(x_range: object) -> tuple[float, float]:
     if not lo < hi:
         raise ValueError(f"{message}, got {x_range!r}")
     return float(lo), float(hi)
-
-
-def _check_dtype(dtype: object) -> torch.dtype:
-    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point or dtype.is_complex:
-        raise ValueError(
-            f"dtype must be a real floating torch.dtype (e.g. torch.float64), got {dtype!r}"
-        )
-    return dtype
 
 
 def _check_target(target: object) -> Callable[[Tensor], Tensor]:
@@ -169,7 +161,7 @@ def regression_1d(
     noise_std = check_real(noise_std, "noise_std")
     lo, hi = _check_range(x_range)
     g = _check_target(target)
-    dtype = _check_dtype(dtype)
+    dtype = check_dtype(dtype)
     generator = make_generator(seed, device="cpu")  # validates seed
 
     u = torch.rand((n, 1), generator=generator, dtype=torch.float64)
@@ -207,7 +199,7 @@ def grid_1d(
     """
     n = check_int(n, "n", 2)
     lo, hi = _check_range(x_range)
-    dtype = _check_dtype(dtype)
+    dtype = check_dtype(dtype)
     return _place((torch.linspace(lo, hi, n, dtype=torch.float64).unsqueeze(1),), dtype, device)[0]
 
 
@@ -340,7 +332,7 @@ def _sparse_problem(n: object, d: object, k: object, noise_std: object, seed: ob
     if standardise and n < 2:
         raise ValueError(f"n must be an int >= 2 to standardise the columns, got {n}")
     noise_std = check_real(noise_std, "noise_std")
-    dtype = _check_dtype(dtype)
+    dtype = check_dtype(dtype)
     generator = make_generator(seed, device="cpu")
     x = torch.randn(n, d, generator=generator, dtype=torch.float64)
     if standardise:
@@ -593,7 +585,7 @@ def sum_of_sines(
             raise ValueError(
                 f"amplitudes must have one entry per frequency ({len(freqs)}), got {len(amps)}"
             )
-    dtype = _check_dtype(dtype)
+    dtype = check_dtype(dtype)
     generator = make_generator(seed, device="cpu")
     phases = 2 * math.pi * torch.rand(len(freqs), generator=generator, dtype=torch.float64)
     f = torch.tensor(freqs, dtype=torch.float64)
@@ -623,7 +615,7 @@ def _check_split_args(test_fraction: object, seed: object, dtype: object) -> tup
         raise TypeError(f"test_fraction must be a real number in (0, 1), got {type(test_fraction).__name__}")
     if not 0 < test_fraction < 1:
         raise ValueError(f"test_fraction must be a real number in (0, 1), got {test_fraction!r}")
-    dtype = _check_dtype(dtype)
+    dtype = check_dtype(dtype)
     make_generator(seed, device="cpu")  # validates seed before any work
     return float(test_fraction), dtype
 

@@ -25,12 +25,12 @@ trained one at a time).
 from __future__ import annotations
 
 import math
-import numbers
 from typing import NamedTuple, Sequence
 
 import torch
 from torch import Tensor, nn
 
+from ._checks import check_int, check_real
 from .spectral import fourier_spectrum
 
 __all__ = [
@@ -46,21 +46,8 @@ __all__ = [
 ]
 
 
-def _check_count(value: object, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int >= {minimum}, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value}")
-    return int(value)
-
-
 def _check_std(value: object, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a finite real number >= 0 (a standard deviation), got {type(value).__name__}")
-    value = float(value)
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"{name} must be a finite real number >= 0 (a standard deviation), got {value!r}")
-    return value
+    return check_real(value, name, what=" (a standard deviation)")
 
 
 class FourierFeatures(nn.Module):
@@ -83,7 +70,7 @@ class FourierFeatures(nn.Module):
 
     def __init__(self, degree: int):
         super().__init__()
-        degree = _check_count(degree, "degree", 1)
+        degree = check_int(degree, "degree", 1)
         self.register_buffer("k", torch.arange(1, degree + 1, dtype=torch.float64))
 
     def forward(self, inputs: Tensor) -> Tensor:
@@ -117,7 +104,7 @@ def periodic_grid(n: int, *, dtype: torch.dtype = torch.float64, device: torch.d
     Raises:
         TypeError: if ``n`` is not an int. ValueError: if ``n < 2``.
     """
-    n = _check_count(n, "n", 2)
+    n = check_int(n, "n", 2)
     return (torch.arange(n, dtype=dtype, device=device) / n).unsqueeze(1)
 
 
@@ -335,10 +322,9 @@ def fit_stacked(
         ValueError: as :func:`stack_mlps` and :func:`stacked_forward`, and if ``steps``,
             ``record_every`` or ``lr`` is out of range or ``y`` has the wrong shape.
     """
-    steps = _check_count(steps, "steps", 0)
-    record_every = _check_count(record_every, "record_every", 1)
-    if isinstance(lr, bool) or not isinstance(lr, numbers.Real) or not (math.isfinite(lr) and lr > 0):
-        raise ValueError(f"lr must be a finite real number > 0, got {lr!r}")
+    steps = check_int(steps, "steps", 0)
+    record_every = check_int(record_every, "record_every", 1)
+    lr = check_real(lr, "lr", positive=True)
     penalty_std = _check_std(penalty_std, "penalty_std")
     weights, biases = stack_mlps(models)
     expected = (len(models), x.shape[0] if isinstance(x, Tensor) else -1, weights[-1].shape[1])

@@ -26,14 +26,13 @@ exactly, with :math:`\Delta^2 L` a constant. This module has
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Callable, Mapping, Sequence
 
 import torch
 from torch import Tensor
 
-from ._checks import check_int, check_tensor
-
+from ._checks import check_dtype, check_int, check_real, check_tensor
+from .proximal import _check_groups, group_index
 from .seeding import check_generator, make_generator
 from .stats import mean_and_se
 
@@ -46,24 +45,6 @@ __all__ = [
     "balanced_factors",
     "perturbed_gradient_variance",
 ]
-
-
-# --- validation --------------------------------------------------------------------------------
-
-
-def _check_sizes(group_sizes: object, d: int | None = None) -> list[int]:
-    if isinstance(group_sizes, (str, bytes)) or not isinstance(group_sizes, Sequence) or not group_sizes:
-        raise TypeError(f"group_sizes must be a non-empty sequence of positive ints, got {group_sizes!r}")
-    sizes = [check_int(s, "group_sizes", 1) for s in group_sizes]
-    if d is not None and sum(sizes) != d:
-        raise ValueError(f"group_sizes must add up to {d}, got sum {sum(sizes)}")
-    return sizes
-
-
-def _check_dtype(dtype: object) -> torch.dtype:
-    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point or dtype.is_complex:
-        raise ValueError(f"dtype must be a real floating torch.dtype, got {dtype!r}")
-    return dtype
 
 
 # --- data --------------------------------------------------------------------------------------
@@ -104,10 +85,10 @@ def orthonormal_design(
     """
     d = check_int(d, "d", 1)
     n = check_int(n, "n", 2)
-    sizes = [d] if group_sizes is None else _check_sizes(group_sizes, d)
+    sizes = [d] if group_sizes is None else _check_groups(group_sizes, d)
     if n <= max(sizes):
         raise ValueError(f"n must exceed the largest block size {max(sizes)} to whiten it, got {n}")
-    dtype = _check_dtype(dtype)
+    dtype = check_dtype(dtype)
     generator = make_generator(seed, device="cpu")
     z = torch.randn(n, d, generator=generator, dtype=torch.float64)
     blocks = []
@@ -121,22 +102,17 @@ def orthonormal_design(
 # --- group diagonal network --------------------------------------------------------------------
 
 
-def _group_args(u: object, v: object, x: object, group_sizes: object) -> tuple[Tensor, Tensor, Tensor, list[int]]:
+def _group_args(u: object, v: object, x: object, group_sizes: object) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The checked tensors and the group of each coordinate (:func:`gni_lib.proximal.group_index`)."""
     u = check_tensor(u, "u", ndim=1, finite=False)
     v = check_tensor(v, "v", ndim=1, finite=False)
     x = check_tensor(x, "x", ndim=2, finite=False)
-    sizes = _check_sizes(group_sizes, u.shape[0])
+    sizes = _check_groups(group_sizes, u.shape[0])
     if v.shape != (len(sizes),):
         raise ValueError(f"v must have one entry per group, shape ({len(sizes)},), got {tuple(v.shape)}")
     if x.shape[1] != u.shape[0]:
         raise ValueError(f"x must have shape (n, {u.shape[0]}), got {tuple(x.shape)}")
-    return u, v, x, sizes
-
-
-def _expand(v: Tensor, sizes: list[int]) -> Tensor:
-    """v_g repeated d_g times: (G,) -> (d,); plain indexing, so it works under vmap."""
-    index = torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes)).to(v.device)
-    return v[..., index]
+    return u, v, x, group_index(sizes, v.device)
 
 
 def group_network_loss(u: Tensor, v: Tensor, x: Tensor, y: Tensor, group_sizes: Sequence[int]) -> Tensor:
@@ -157,11 +133,11 @@ def group_network_loss(u: Tensor, v: Tensor, x: Tensor, y: Tensor, group_sizes: 
         TypeError, ValueError: on non-tensors, non-floating tensors, mismatched
             shapes, or group sizes that do not add up to :math:`d`.
     """
-    u, v, x, sizes = _group_args(u, v, x, group_sizes)
+    u, v, x, index = _group_args(u, v, x, group_sizes)
     y = check_tensor(y, "y", ndim=1, finite=False)
     if y.shape[0] != x.shape[0]:
         raise ValueError(f"y must have shape ({x.shape[0]},), got {tuple(y.shape)}")
-    beta = u * _expand(v, sizes)
+    beta = u * v[index]
     return (x @ beta - y).pow(2).sum() / (2 * x.shape[0])
 
 
@@ -182,20 +158,11 @@ def group_network_hessian_trace(u: Tensor, v: Tensor, x: Tensor, group_sizes: Se
 
     Shapes, Raises: as :func:`group_network_loss` (no ``y``).
     """
-    u, v, x, sizes = _group_args(u, v, x, group_sizes)
+    u, v, x, index = _group_args(u, v, x, group_sizes)
     gram = x.T @ x / x.shape[0]
-    from_u = (torch.diagonal(gram) * _expand(v, sizes).pow(2)).sum()
-    from_v = sum((ug @ gram[s:s + len(ug), s:s + len(ug)] @ ug)
-                 for ug, s in zip(u.split(sizes), _starts(sizes)))
+    from_u = (torch.diagonal(gram) * v[index].pow(2)).sum()
+    from_v = u @ (gram * (index[:, None] == index[None, :])) @ u  # the diagonal blocks G_gg only
     return from_u + from_v
-
-
-def _starts(sizes: list[int]) -> list[int]:
-    out, total = [], 0
-    for s in sizes:
-        out.append(total)
-        total += s
-    return out
 
 
 # --- two-factor linear model -------------------------------------------------------------------
@@ -298,14 +265,6 @@ def balanced_factors(
 # --- the variance of the perturbed gradient ----------------------------------------------------
 
 
-def _check_sigma(sigma: object) -> float:
-    if isinstance(sigma, bool) or not isinstance(sigma, numbers.Real):
-        raise TypeError(f"sigma must be a finite real number >= 0 (a standard deviation), got {type(sigma).__name__}")
-    if not math.isfinite(sigma) or sigma < 0:
-        raise ValueError(f"sigma must be a finite real number >= 0 (a standard deviation), got {sigma!r}")
-    return float(sigma)
-
-
 def _sample_total_variance(
     grad_fn: Callable[[dict[str, Tensor]], dict[str, Tensor]],
     params: Mapping[str, Tensor],
@@ -399,7 +358,7 @@ def perturbed_gradient_variance(
         raise ValueError("params must hold at least one tensor, got an empty dict")
     for name, value in params.items():
         check_tensor(value, f"params[{name!r}]", finite=False)
-    sigma = _check_sigma(sigma)
+    sigma = check_real(sigma, "sigma", what=" (a standard deviation)")
     if not isinstance(layerwise, bool):
         raise TypeError(f"layerwise must be True or False, got {type(layerwise).__name__}")
     samples = check_int(samples, "samples", 2)

@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from scipy import stats as _scipy_stats
 
+from ._checks import check_interval
+
 __all__ = ["mean_and_se", "t_interval", "interval_sign", "loglog_slope", "ratio_interval"]
 
 
@@ -34,6 +36,14 @@ def _as_vector(values: object, name: str, minimum: int) -> np.ndarray:
     if not np.isfinite(array).all():
         raise ValueError(f"{name} must be finite, but it holds NaN or infinite entries")
     return array
+
+
+def _check_level(level: object) -> float:
+    if isinstance(level, bool) or not isinstance(level, numbers.Real):
+        raise TypeError(f"level must be a real number in (0, 1), got {type(level).__name__}")
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    return float(level)
 
 
 def mean_and_se(values: Sequence[float] | torch.Tensor | np.ndarray) -> tuple[float, float]:
@@ -84,10 +94,7 @@ def t_interval(
         ValueError: if there are fewer than two finite values, or ``level`` is
             not in :math:`(0, 1)`.
     """
-    if isinstance(level, bool) or not isinstance(level, numbers.Real):
-        raise TypeError(f"level must be a real number in (0, 1), got {type(level).__name__}")
-    if not 0 < level < 1:
-        raise ValueError(f"level must be in (0, 1), got {level}")
+    level = _check_level(level)
     if isinstance(values, torch.Tensor):
         values = values.reshape(-1)
     n = _as_vector(values, "values", 2).size
@@ -108,17 +115,7 @@ def interval_sign(low: float, high: float) -> int:
         TypeError: if ``low`` or ``high`` is not a real number.
         ValueError: if either is not finite, or ``low > high``.
     """
-    values = []
-    for name, value in (("low", low), ("high", high)):
-        if isinstance(value, bool) or not isinstance(value, numbers.Real):
-            raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-        value = float(value)
-        if not math.isfinite(value):
-            raise ValueError(f"{name} must be finite, got {value!r}")
-        values.append(value)
-    low, high = values
-    if low > high:
-        raise ValueError(f"low must not exceed high, got low={low!r} > high={high!r}")
+    low, high = check_interval(low, high)
     return 1 if low > 0 else -1 if high < 0 else 0
 
 
@@ -185,10 +182,7 @@ def ratio_interval(
         ValueError: if either sample holds fewer than two (finite) values, or
             ``level`` is not in :math:`(0, 1)`.
     """
-    if isinstance(level, bool) or not isinstance(level, numbers.Real):
-        raise TypeError(f"level must be a real number in (0, 1), got {type(level).__name__}")
-    if not 0 < level < 1:
-        raise ValueError(f"level must be in (0, 1), got {level}")
+    level = _check_level(level)
     a = _as_vector(numerator.reshape(-1) if isinstance(numerator, torch.Tensor) else numerator, "numerator", 2)
     b = _as_vector(denominator.reshape(-1) if isinstance(denominator, torch.Tensor) else denominator, "denominator", 2)
     k = min(a.size, b.size)

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ._checks import check_interval
 from .stats import mean_and_se, t_interval
 
 __all__ = ["VERDICTS", "Judgement", "verdict", "judge", "combine", "joint_verdict", "record_claim", "claim_result", "verdict_key", "ledger_key", "result_key"]
@@ -56,20 +57,6 @@ def _check_region(region: object, name: str) -> Region:
     return bounds[0], bounds[1]
 
 
-def _check_interval(low: object, high: object) -> Region:
-    values = []
-    for name, value in (("low", low), ("high", high)):
-        if isinstance(value, bool) or not isinstance(value, numbers.Real):
-            raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-        value = float(value)
-        if not math.isfinite(value):
-            raise ValueError(f"{name} must be finite, got {value!r}")
-        values.append(value)
-    if values[0] > values[1]:
-        raise ValueError(f"low must not exceed high, got low={values[0]!r} > high={values[1]!r}")
-    return values[0], values[1]
-
-
 def verdict(low: float, high: float, *, claim: Region, approx: Region | None = None) -> str:
     r"""The verdict on a claim whose statistic has the interval :math:`[\text{low}, \text{high}]`.
 
@@ -89,7 +76,7 @@ def verdict(low: float, high: float, *, claim: Region, approx: Region | None = N
         ValueError: if the interval is not finite or reversed, a region is empty,
             or ``approx`` does not contain ``claim``.
     """
-    low, high = _check_interval(low, high)
+    low, high = check_interval(low, high)
     a, b = _check_region(claim, "claim")
     if approx is not None:
         a2, b2 = _check_region(approx, "approx")
@@ -246,27 +233,29 @@ def joint_verdict(
     return VERDICTS[3]
 
 
-def verdict_key(claim_id: str) -> str:
-    """The glue key of a claim's verdict: ``verdict_`` and the id with dots as underscores."""
-    _check_claim_id(claim_id)
-    return "verdict_" + claim_id.replace(".", "_")
-
-
-def ledger_key(claim_id: str) -> str:
-    """The glue key of a claim's measured summary: ``ledger_`` and the id with dots as underscores."""
-    _check_claim_id(claim_id)
-    return "ledger_" + claim_id.replace(".", "_")
-
-
 def _check_claim_id(claim_id: object) -> None:
     if not isinstance(claim_id, str) or "." not in claim_id or " " in claim_id:
         raise ValueError(f"claim_id must look like 'paper.claim', got {claim_id!r}")
 
 
+def _glue_key(prefix: str, claim_id: str) -> str:
+    _check_claim_id(claim_id)
+    return prefix + claim_id.replace(".", "_")
+
+
+def verdict_key(claim_id: str) -> str:
+    """The glue key of a claim's verdict: ``verdict_`` and the id with dots as underscores."""
+    return _glue_key("verdict_", claim_id)
+
+
+def ledger_key(claim_id: str) -> str:
+    """The glue key of a claim's measured summary: ``ledger_`` and the id with dots as underscores."""
+    return _glue_key("ledger_", claim_id)
+
+
 def result_key(claim_id: str) -> str:
     """The glue key of a claim's full result: ``result_`` and the id with dots as underscores."""
-    _check_claim_id(claim_id)
-    return "result_" + claim_id.replace(".", "_")
+    return _glue_key("result_", claim_id)
 
 
 def _evidence_intervals(evidence: object) -> tuple[list[list[float]], int | None, float | None]:
