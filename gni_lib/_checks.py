@@ -137,3 +137,29 @@ def check_dtype(dtype: object) -> "torch.dtype":  # noqa: F821 (torch is importe
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point or dtype.is_complex:
         raise ValueError(f"dtype must be a real floating torch.dtype (e.g. torch.float64), got {dtype!r}")
     return dtype
+
+
+def check_positive_int(value: object, name: str) -> int:
+    """An ``int`` (not a ``bool``) ``>= 1``, with the message "must be a positive int"."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be a positive int, got {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value}")
+    return int(value)
+
+
+def check_pair(x: object, y: object, x_name: str, y_name: str) -> tuple[Tensor, Tensor]:
+    """Inputs and targets: tensors with the same number :math:`n \\ge 1` of rows, finite if floating."""
+    for value, name in ((x, x_name), (y, y_name)):
+        if not isinstance(value, Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+    if x.ndim < 1 or x.shape[0] < 1:
+        raise ValueError(f"{x_name} must have shape (n, ...) with n >= 1, got {tuple(x.shape)}")
+    if y.ndim < 1 or y.shape[0] != x.shape[0]:
+        raise ValueError(
+            f"{y_name} must have as many rows as {x_name} ({x.shape[0]}), got shape {tuple(y.shape)}"
+        )
+    for value, name in ((x, x_name), (y, y_name)):
+        if value.is_floating_point() and not bool(value.isfinite().all()):
+            raise ValueError(f"{name} must be finite, but it holds NaN or infinite entries")
+    return x, y

@@ -61,6 +61,7 @@ METHODS: dict[str, str] = {
     "perturbed_gd": "gni_lib.optim.PerturbedGD(params, lr, sigma, layerwise=..., generator=g)",
 }
 
+
 @dataclass
 class EnsembleResult:
     """What :func:`train_ensemble` returns.

@@ -38,7 +38,7 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from ._checks import check_real
+from ._checks import check_pair, check_positive_int, check_real
 from .losses import get_loss
 from .optim import PGD, AntiPGD, PerturbedGD
 
@@ -113,31 +113,6 @@ class History:
         return out
 
 
-def _check_positive_int(value: object, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be a positive int, got {type(value).__name__}")
-    if value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value}")
-    return int(value)
-
-
-def _check_pair(x: object, y: object, x_name: str, y_name: str) -> tuple[Tensor, Tensor]:
-    for value, name in ((x, x_name), (y, y_name)):
-        if not isinstance(value, Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
-    if x.ndim < 1 or x.shape[0] < 1:
-        raise ValueError(f"{x_name} must have shape (n, ...) with n >= 1, got {tuple(x.shape)}")
-    if y.ndim < 1 or y.shape[0] != x.shape[0]:
-        raise ValueError(
-            f"{y_name} must have as many rows as {x_name} ({x.shape[0]}), "
-            f"got shape {tuple(y.shape)}"
-        )
-    for value, name in ((x, x_name), (y, y_name)):
-        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
-            raise ValueError(f"{name} must be finite, but it holds NaN or infinite entries")
-    return x, y
-
-
 def _show_progress(progress: bool | None) -> bool:
     if progress is None:
         return sys.stderr.isatty() and "CI" not in os.environ
@@ -168,14 +143,14 @@ def _check_run(
     batch_size: object, progress: object, record_extra: object,
 ) -> _Run:
     """Check the data, the schedule and the recording arguments of a training run."""
-    x, y = _check_pair(x, y, "x", "y")
-    steps = _check_positive_int(steps, "steps")
+    x, y = check_pair(x, y, "x", "y")
+    steps = check_positive_int(steps, "steps")
     if (x_test is None) != (y_test is None):
         missing = "y_test" if y_test is None else "x_test"
         raise ValueError(f"x_test and y_test must be given together; {missing} is missing")
     if x_test is not None:
-        x_test, y_test = _check_pair(x_test, y_test, "x_test", "y_test")
-    record_every = _check_positive_int(record_every, "record_every")
+        x_test, y_test = check_pair(x_test, y_test, "x_test", "y_test")
+    record_every = check_positive_int(record_every, "record_every")
     n = x.shape[0]
     if batch_size is not None:
         if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral):
