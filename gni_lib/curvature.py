@@ -5,19 +5,19 @@ Fig. 3), and the regulariser that anticorrelated and perturbed gradient descent
 add, :math:`\tfrac{\sigma^2}{2} \operatorname{Tr} \nabla^2_\theta L` (Orvieto et
 al. 2022, 2023). :func:`hessian_trace` computes it three ways:
 
-- ``"exact"``: the exact trace. For a plain MLP (an ``nn.Sequential`` of
-  ``nn.Linear`` layers, ``GaussianNoise`` sites and elementwise activations, such
-  as :func:`gni_lib.models.MLP`) it uses the layer structure, below, and never
+- ``"exact"``: the exact trace. For a plain MLP (:func:`gni_lib.models.mlp_structure`,
+  e.g. :func:`gni_lib.models.MLP`) it uses the layer structure, below, and never
   forms the :math:`P \times P` Hessian. Other models fall back to :math:`P`
   Hessian-vector products with the one-hot basis, vectorised in chunks, which
   is exact but meant for small models only.
 - ``"ggn"``: the trace of the generalised Gauss-Newton matrix
-  :math:`\frac1B \sum_b J_{\theta,b}^\top H_{L,b} J_{\theta,b}`: the Hessian
-  without its network-curvature term :math:`\frac1B \sum_b \sum_i
-  (\partial_{\hat y_i} \ell_b)\, \nabla^2_\theta \hat y_{b,i}`. It is positive
-  semi-definite, but it is not the positive part of the Hessian (the dropped
-  term is indefinite, and the Hessian's positive eigen-directions are not the
-  Gauss-Newton matrix's).
+  :math:`\frac1B \sum_b J_{\theta,b}^\top H_{L,b} J_{\theta,b}`, with
+  :math:`H_{L,b} = \nabla^2_{\hat y} \ell_b` the Hessian of the loss in the network
+  output: the Hessian without its network-curvature term :math:`\frac1B \sum_b
+  \sum_i (\partial_{\hat y_i} \ell_b)\, \nabla^2_\theta \hat y_{b,i}`. It is
+  positive semi-definite whenever the loss is convex in the output (both losses
+  here: :math:`H_L = I` for MSE, :math:`\operatorname{diag}(p) - pp^\top` for
+  cross-entropy), while the dropped term is indefinite.
 - ``"hutchinson"``: :math:`\frac1P \sum_{p} v_p^\top \nabla^2_\theta L\, v_p` with
   a fixed number of Rademacher probes :math:`v_p` and its standard error. The
   parameter Hessian of a network is indefinite and this estimator is poor
@@ -46,12 +46,14 @@ and the per-example :math:`H_{z_m}` obey the backward recursion
     \qquad H_{a_{m-1}} = W_m^\top H_{z_m} W_m .
 
 The cost is about two :math:`d \times d \times d` matrix products per example
-and hidden layer (a few tenths of a GFLOP for the book's 6×256 MLP at batch
-32), all batched; the diagonal-only last step saves one of them. The
-Gauss-Newton part drops the :math:`\phi''` terms, and then the recursion
-factorises: :math:`H_{z_m}^{\mathrm{GGN}} = U_m^\top U_m` with :math:`U_m` the
-:math:`d_L` output-basis vector-Jacobian products (times the root of
-:math:`H_L`), so ``"ggn"`` costs about as much as :math:`R`.
+and hidden layer (a few tenths of a GFLOP for the book's 6×256 MLP at batch 32),
+all batched; the diagonal-only last step saves one of them. The forward pass and
+the back-propagation are the MLP core's (:func:`gni_lib.models.mlp_forward`,
+:func:`gni_lib.models.mlp_backward`). The Gauss-Newton part drops the
+:math:`\phi''` terms, and then the recursion factorises:
+:math:`H_{z_m}^{\mathrm{GGN}} = U_m^\top U_m` with :math:`U_m` the :math:`d_L`
+output-basis vector-Jacobian products (times the root of :math:`H_L`), so
+``"ggn"`` costs about as much as :math:`R`.
 """
 
 from __future__ import annotations
@@ -62,52 +64,24 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .gap import per_example_loss
-from .losses import ce_hessian_root
-from .jacobians import (
-    check_calls,
-    check_input,
-    check_model,
-    check_positive_int,
-    check_target,
-    mlp_structure,
-    run_model,
-)
+from ._checks import check_choice, check_generator, check_int
+from .jacobians import check_calls, check_input, check_model, check_target, run_model
+from .losses import LOSSES, ce_hessian_root, per_example_loss
+from .models import MLPStructure, mlp_backward, mlp_forward, mlp_structure, mlp_weights
 from .noise import replace_site_outputs
-from .regularisers import check_loss
-from .seeding import check_generator
 
 __all__ = ["hessian_trace", "HESSIAN_METHODS"]
 
 #: The accepted values of ``method`` in :func:`hessian_trace`.
 HESSIAN_METHODS = ("exact", "ggn", "hutchinson")
 
-#: Probes per vectorised batch of Hessian-vector products.
+#: Hutchinson probes drawn by one call of the generator.
 PROBES_PER_CHUNK = 25
 #: Float entries of the per-example Hessian blocks held at once (exact MLP route).
 HESSIAN_ENTRIES_PER_CHUNK = 1 << 24
 
 
-# --- plain MLPs: the layer-wise recursion ---------------------------------------------------
-
-
-def _elementwise(modules: list[nn.Module], z: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    r""":math:`\phi(z)`, :math:`\phi'(z)`, :math:`\phi''(z)` of the composite elementwise map."""
-    if not modules:
-        return z, torch.ones_like(z), torch.zeros_like(z)
-    with torch.enable_grad():
-        leaf = z.detach().requires_grad_(True)
-        a = leaf
-        for module in modules:
-            a = module(a)
-        (d1,) = torch.autograd.grad(a.sum(), leaf, create_graph=True)
-        if d1.requires_grad:
-            (d2,) = torch.autograd.grad(
-                d1.sum(), leaf, allow_unused=True, materialize_grads=True
-            )
-        else:  # piecewise linear: phi'' = 0 almost everywhere
-            d2 = torch.zeros_like(z)
-    return a.detach(), d1.detach(), d2.detach()
+# --- plain MLPs: the layer-wise recursion on the MLP core of gni_lib.models -----------------
 
 
 def _output_derivatives(output: Tensor, y: Tensor, loss: str) -> tuple[Tensor, Tensor]:
@@ -116,88 +90,69 @@ def _output_derivatives(output: Tensor, y: Tensor, loss: str) -> tuple[Tensor, T
     batch, d_out = output.shape
     if loss == "mse":
         grad = (output - y) / batch
-        eye = torch.eye(d_out, device=output.device, dtype=output.dtype)
-        root = eye.expand(batch, d_out, d_out)
+        root = torch.eye(d_out, device=output.device, dtype=output.dtype).expand(batch, d_out, d_out)
     else:
-        p = torch.softmax(output, dim=1)
-        grad = (p - F.one_hot(y, d_out).to(output.dtype)) / batch
+        grad = (torch.softmax(output, dim=1) - F.one_hot(y, d_out).to(output.dtype)) / batch
         root = ce_hessian_root(output).transpose(1, 2)
     return grad, root / math.sqrt(batch)
 
 
-def _mlp_forward(prefix, layers, x):
-    """Inputs a_{m-1}, and phi', phi'' at every layer, and the output."""
-    a = x
-    for module in prefix:
-        a = module(a)
-    inputs, first, second = [], [], []
-    for linear, modules in layers:
-        inputs.append(a)
-        z = F.linear(a, linear.weight, linear.bias)
-        a, d1, d2 = _elementwise(modules, z)
-        first.append(d1)
-        second.append(d2)
-    return inputs, first, second, a
+def _mlp_pass(model: nn.Module, structure: MLPStructure, x: Tensor, second: bool):
+    r"""The clean pass, the weights :math:`W_m` and :math:`\lVert a_{m-1,b} \rVert^2 + 1_{\text{bias}}`
+    (B,) per layer. Detached, with grad mode on: the forward-mode :math:`\phi''` of some
+    activations (SiLU, Mish) fails under ``torch.no_grad()``."""
+    params = {name: p.detach() for name, p in model.named_parameters()}
+    with torch.enable_grad():
+        net = mlp_forward(structure, x.detach(), params, second=second)
+    weights = mlp_weights(structure, params)
+    norms = [a.pow(2).sum(dim=1) + float(b is not None) for a, (_, b) in zip(net.inputs, weights)]
+    return net, [w for w, _ in weights], norms
 
 
-def _bias_count(linear: nn.Linear) -> float:
-    return 1.0 if linear.bias is not None else 0.0
+def _exact_trace_mlp(model: nn.Module, structure: MLPStructure, x: Tensor, y: Tensor, loss: str) -> Tensor:
+    net, weights, norms = _mlp_pass(model, structure, x, second=True)
+    grad_out, root = _output_derivatives(net.output, y, loss)
+    # dL/da_m by ordinary back-propagation, then the residuals dL/da_m * phi_m''.
+    grads_a = mlp_backward(weights, net.first, grad_out.unsqueeze(1), stop=1)[1:] + [grad_out.unsqueeze(1)]
+    residuals = [None if d2 is None else g.squeeze(1) * d2 for g, d2 in zip(grads_a, net.second)]
 
-
-def _exact_trace_mlp(prefix, layers, x: Tensor, y: Tensor, loss: str) -> Tensor:
-    inputs, first, second, output = _mlp_forward(prefix, layers, x)
-    grad_out, root = _output_derivatives(output, y, loss)
-    weights = [
-        a.reshape(a.shape[0], -1).pow(2).sum(dim=1) + _bias_count(linear)
-        for a, (linear, _) in zip(inputs, layers)
-    ]
-    # Gradients dL/da_m, by ordinary back-propagation.
-    grads_a = [grad_out]
-    for m in range(len(layers) - 1, 0, -1):
-        grads_a.append((grads_a[-1] * first[m]) @ layers[m][0].weight)
-    grads_a.reverse()  # grads_a[m] = dL/da_m
-
-    batch = x.shape[0]
-    widest = max(d.shape[1] for d in first)
-    chunk = max(1, HESSIAN_ENTRIES_PER_CHUNK // (widest * widest))
-    total = output.new_zeros(())
+    batch, last = x.shape[0], len(weights) - 1
+    chunk = max(1, HESSIAN_ENTRIES_PER_CHUNK // max(w.shape[0] ** 2 for w in weights))
+    total = net.output.new_zeros(())
     for start in range(0, batch, chunk):
         rows = slice(start, min(start + chunk, batch))
         hess_a = root[rows] @ root[rows].transpose(1, 2)  # H_{a_M}, (n, d_L, d_L)
-        diagonal_only = False
-        for m in range(len(layers) - 1, -1, -1):
-            d1, residual = first[m][rows], (grads_a[m] * second[m])[rows]
-            if diagonal_only:  # hess_a holds diag(H_{a_m}) only
-                trace = (d1.pow(2) * hess_a).sum(dim=1) + residual.sum(dim=1)
-            else:
-                hess_z = d1.unsqueeze(2) * hess_a * d1.unsqueeze(1)
-                hess_z.diagonal(dim1=1, dim2=2).add_(residual)
+        for m in range(last, -1, -1):
+            d1 = None if net.first[m] is None else net.first[m][rows]
+            residual = None if residuals[m] is None else residuals[m][rows]
+            if m == 0 and last > 0:  # hess_a holds diag(H_{a_0}) only
+                trace = (hess_a if d1 is None else d1.pow(2) * hess_a).sum(dim=1)
+                trace = trace if residual is None else trace + residual.sum(dim=1)
+            else:  # hess_a is a fresh tensor: hess_z may be it, and updated in place
+                hess_z = hess_a if d1 is None else d1.unsqueeze(2) * hess_a * d1.unsqueeze(1)
+                if residual is not None:
+                    hess_z.diagonal(dim1=1, dim2=2).add_(residual)
                 trace = hess_z.diagonal(dim1=1, dim2=2).sum(dim=1)
-            total = total + (weights[m][rows] * trace).sum()
+            total = total + (norms[m][rows] * trace).sum()
             if m == 0:
                 break
-            weight = layers[m][0].weight  # (d_m, d_{m-1})
-            product = hess_z @ weight  # (n, d_m, d_{m-1})
+            product = hess_z @ weights[m]  # (n, d_m, d_{m-1})
             if m == 1:  # only diag(W^T H W) is needed for the first layer
-                hess_a = (product * weight).sum(dim=1)
-                diagonal_only = True
+                hess_a = (product * weights[m]).sum(dim=1)
             else:  # W^T H W = (H W)^T W, as H is symmetric
-                hess_a = product.transpose(1, 2) @ weight
+                hess_a = product.transpose(1, 2) @ weights[m]
     return total
 
 
-def _ggn_trace_mlp(prefix, layers, x: Tensor, y: Tensor, loss: str) -> Tensor:
-    inputs, first, _, output = _mlp_forward(prefix, layers, x)
-    _, root = _output_derivatives(output, y, loss)
-    u = root.transpose(1, 2)  # rows: (S^T)_j d a_M / d a_M, shape (B, d_L, d_L)
-    total = output.new_zeros(())
-    for m in range(len(layers) - 1, -1, -1):
-        linear = layers[m][0]
-        u = u * first[m].unsqueeze(1)  # now with respect to z_m
-        weight = inputs[m].reshape(x.shape[0], -1).pow(2).sum(dim=1) + _bias_count(linear)
-        total = total + (weight * u.pow(2).sum(dim=(1, 2))).sum()
-        if m > 0:
-            u = u @ linear.weight
+def _ggn_trace_mlp(model: nn.Module, structure: MLPStructure, x: Tensor, y: Tensor, loss: str) -> Tensor:
+    net, weights, norms = _mlp_pass(model, structure, x, second=False)
+    _, root = _output_derivatives(net.output, y, loss)
+    u = root.transpose(1, 2)  # rows: S^T, the cotangents on a_M, (B, d_L, d_L)
+    grads_a = mlp_backward(weights, net.first, u, stop=1)[1:] + [u]  # S^T d a_M / d a_m
+    total = net.output.new_zeros(())
+    for norm, g, d1 in zip(norms, grads_a, net.first):
+        g = g if d1 is None else g * d1.unsqueeze(1)  # with respect to z_m
+        total = total + (norm * g.pow(2).sum(dim=(1, 2))).sum()
     return total
 
 
@@ -224,24 +179,15 @@ def _flat_loss(model: nn.Module, x: Tensor, y: Tensor, loss: str):
     return loss_of, outputs, theta
 
 
-def _hvp(loss_of, theta: Tensor):
-    gradient = torch.func.grad(loss_of)
-
-    def hvp(v: Tensor) -> Tensor:
-        return torch.func.jvp(gradient, (theta,), (v,))[1]
-
-    return hvp
-
-
 def _exact_trace_generic(loss_of, theta: Tensor) -> Tensor:
-    hvp = torch.func.vmap(_hvp(loss_of, theta))
+    """The sum of e_j^T H e_j over the one-hot basis, by vmap over forward-over-reverse HVPs."""
+    gradient = torch.func.grad(loss_of)
+    hvp = torch.func.vmap(lambda v: torch.func.jvp(gradient, (theta,), (v,))[1])
     total = theta.new_zeros(())
-    count = theta.numel()
-    for start in range(0, count, PROBES_PER_CHUNK):
-        idx = torch.arange(start, min(start + PROBES_PER_CHUNK, count), device=theta.device)
-        basis = torch.zeros((idx.numel(), count), device=theta.device, dtype=theta.dtype)
-        basis[torch.arange(idx.numel(), device=theta.device), idx] = 1.0
-        total = total + hvp(basis)[torch.arange(idx.numel(), device=theta.device), idx].sum()
+    for start in range(0, theta.numel(), PROBES_PER_CHUNK):
+        idx = torch.arange(start, min(start + PROBES_PER_CHUNK, theta.numel()), device=theta.device)
+        basis = F.one_hot(idx, theta.numel()).to(theta.dtype)
+        total = total + hvp(basis).gather(1, idx.unsqueeze(1)).sum()
     return total
 
 
@@ -259,6 +205,31 @@ def _ggn_trace_generic(outputs, theta: Tensor, x: Tensor, y: Tensor, loss: str) 
         J = jac(theta, x[rows])  # (n, d_L, P)
         total = total + (root[rows].transpose(1, 2) @ J).pow(2).sum()
     return total
+
+
+def _hutchinson_values(loss_of, theta: Tensor, probes: int, generator) -> Tensor:
+    r""":math:`v_p^\top \nabla^2 L\, v_p` for each probe, by double back-propagation.
+
+    One graph of the gradient serves every probe. On a CPU this loop is about twice as
+    fast as ``vmap`` over :func:`torch.func.jvp` of :func:`torch.func.grad` (which
+    re-derives the gradient per chunk and moves :math:`(n, P)` tangents). The probes are
+    drawn as documented in :func:`hessian_trace`, into two buffers reused chunk after chunk.
+    """
+    with torch.enable_grad():
+        leaf = theta.detach().requires_grad_(True)
+        (gradient,) = torch.autograd.grad(loss_of(leaf), leaf, create_graph=True)
+    shape = (min(PROBES_PER_CHUNK, probes), theta.numel())
+    signs = torch.empty(shape, dtype=torch.int64, device=theta.device)
+    chunk = torch.empty(shape, dtype=theta.dtype, device=theta.device)
+    values = theta.new_empty(probes)
+    for start in range(0, probes, PROBES_PER_CHUNK):
+        n = min(PROBES_PER_CHUNK, probes - start)
+        torch.randint(0, 2, (n, shape[1]), generator=generator, device=theta.device, out=signs[:n])
+        v = chunk[:n].copy_(signs[:n]).mul_(2).sub_(1)  # 2 * signs - 1
+        for i in range(n):
+            (hv,) = torch.autograd.grad(gradient, leaf, v[i], retain_graph=True)
+            values[start + i] = hv @ v[i]
+    return values
 
 
 def hessian_trace(
@@ -296,11 +267,11 @@ def hessian_trace(
       :math:`J_{\theta,b} = \partial h_L(x_b) / \partial \theta`; the exact trace
       minus the terms with second derivatives of the network. Standard error 0.
     - ``"hutchinson"``: the mean of :math:`v^\top \nabla^2_\theta L\, v` over
-      ``probes`` Rademacher vectors, by vectorised Hessian-vector products
-      (:func:`torch.func.jvp` of :func:`torch.func.grad`), and its standard
-      error :math:`\operatorname{std}/\sqrt{\text{probes}}`. A fixed number of
-      probes, never a tolerance. Probes are drawn in chunks of
-      ``PROBES_PER_CHUNK``: for each chunk of :math:`n`, one
+      ``probes`` Rademacher vectors, and its standard error
+      :math:`\operatorname{std}/\sqrt{\text{probes}}`. A fixed number of probes,
+      never a tolerance. Each :math:`\nabla^2_\theta L\, v` is one double
+      back-propagation through a single graph of the gradient. Probes are drawn in
+      chunks of ``PROBES_PER_CHUNK``: for each chunk of :math:`n`, one
       ``2 * torch.randint(0, 2, (n, P), generator=generator) - 1`` over the
       parameters flattened in ``model.named_parameters()`` order.
 
@@ -329,10 +300,9 @@ def hessian_trace(
             another device type.
     """
     check_model(model)
-    loss = check_loss(loss)
-    if not isinstance(method, str) or method not in HESSIAN_METHODS:
-        raise ValueError(f"method must be one of {HESSIAN_METHODS}, got {method!r}")
-    probes = check_positive_int(probes, "probes", minimum=2 if method == "hutchinson" else 1)
+    loss = check_choice(loss, "loss", tuple(LOSSES))
+    method = check_choice(method, "method", HESSIAN_METHODS)
+    probes = check_int(probes, "probes", minimum=2 if method == "hutchinson" else 1)
     x = check_input(x)
     check_generator(generator, x.device)
 
@@ -343,20 +313,13 @@ def hessian_trace(
         zero = output.new_zeros(())
         structure = mlp_structure(model) if x.ndim == 2 else None
         if method == "exact" and structure is not None:
-            return _exact_trace_mlp(structure.prefix, structure.layers, x, y, loss), zero
+            return _exact_trace_mlp(model, structure, x, y, loss), zero
         if method == "ggn" and structure is not None:
-            return _ggn_trace_mlp(structure.prefix, structure.layers, x, y, loss), zero
+            return _ggn_trace_mlp(model, structure, x, y, loss), zero
         loss_of, outputs, theta = _flat_loss(model, x, y, loss)
         if method == "exact":
             return _exact_trace_generic(loss_of, theta), zero
         if method == "ggn":
             return _ggn_trace_generic(outputs, theta, x, y, loss), zero
-        hvp = torch.func.vmap(_hvp(loss_of, theta))
-        values = []
-        for start in range(0, probes, PROBES_PER_CHUNK):
-            n = min(PROBES_PER_CHUNK, probes - start)
-            signs = torch.randint(0, 2, (n, theta.numel()), generator=generator, device=x.device)
-            v = (2 * signs - 1).to(theta.dtype)
-            values.append((v * hvp(v)).sum(dim=1))
-        values = torch.cat(values)
+        values = _hutchinson_values(loss_of, theta, probes, generator)
         return values.mean(), values.std(correction=1) / math.sqrt(probes)

@@ -265,6 +265,8 @@ def test_model_state_untouched_and_no_graph():
     for method in ("exact", "ggn", "hutchinson"):
         value, se = hessian_trace(model, x, y, method=method, probes=3)
         assert value.grad_fn is None and se.grad_fn is None
+        value, se = hessian_trace(model, x.clone().requires_grad_(True), y, method=method, probes=3)
+        assert value.grad_fn is None and se.grad_fn is None
     assert torch.equal(g.get_state(), state) and all(m.training for m in model.modules())
 
 
