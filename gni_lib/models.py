@@ -38,8 +38,10 @@ from torch import Tensor, nn
 
 from .noise import GaussianNoise, sigma_list
 
-__all__ = ["MLP", "ACTIVATIONS", "ELEMENTWISE", "MLPStructure", "MLPPass", "mlp_structure",
-           "mlp_forward", "mlp_backward", "elementwise"]
+__all__ = [
+    "MLP", "ACTIVATIONS", "ELEMENTWISE", "MLPStructure", "MLPPass", "mlp_structure", "mlp_weights",
+    "mlp_forward", "mlp_backward", "elementwise",
+]
 
 #: The accepted activations and the modules that implement them. ``"linear"``
 #: uses :class:`torch.nn.Identity`, so a linear network has the same children
@@ -320,7 +322,7 @@ def mlp_forward(
         a_0 = \text{prefix}(x), \qquad z_m = W_m a_{m-1} + b_m, \qquad a_m = \phi_m(z_m),
 
     for :math:`m = 1, \dots, M` (0-based ``m`` in the lists). The weights come from
-    ``params`` (keys :attr:`MLPStructure.names`) or, if ``None``, from the modules.
+    ``params`` (keys ``MLPStructure.names``) or, if ``None``, from the modules.
     Pure tensor code: under :func:`torch.func.vmap` over stacked ``params`` it
     runs every model at once; differentiable with autograd.
 

@@ -99,3 +99,21 @@ def test_bad_inputs():
         layer_jacobian_norms(model, x, squared=1)
     with pytest.raises(ValueError, match="square"):
         square_layer_traces(_net("relu", widths=(3, 4, 2)))
+
+
+def test_one_rule_for_a_plain_mlp():
+    """layer_norms recognises an MLP by gni_lib.models.mlp_structure: a subclass of Sequential
+    (which may override forward) is refused, two activations after a layer compose."""
+
+    class Sub(nn.Sequential):
+        pass
+
+    x = torch.randn(2, 3, dtype=torch.float64, generator=seeded_generator(5))
+    with pytest.raises(ValueError, match="model"):
+        layer_to_layer_jacobians(Sub(nn.Linear(3, 2)).double(), x)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.Softplus(), nn.Tanh(), nn.Linear(4, 2)).double()
+    G = layer_to_layer_jacobians(model, x)[0]
+    for b in range(2):
+        expected = torch.autograd.functional.jacobian(lambda v: model[:3](v), x[b])
+        torch.testing.assert_close(G[b], expected)

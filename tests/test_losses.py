@@ -173,3 +173,27 @@ def test_ce_hessian_diag_root_needs_two_classes() -> None:
 
     with pytest.raises(ValueError, match="logits"):
         ce_hessian_diag_root(torch.zeros(3, 1))
+
+
+def test_per_example_loss_matches_the_batch_losses_and_takes_a_model_axis():
+    """The unchecked per-example core: its mean is mse_loss / ce_loss, and a leading model
+    axis on the output broadcasts against one batch of targets."""
+    import torch.nn.functional as F
+
+    from gni_lib.gap import per_example_loss as from_gap
+    from gni_lib.losses import per_example_loss
+
+    assert from_gap is per_example_loss  # the chapters import it from gni_lib.gap
+    g = torch.Generator().manual_seed(0)
+    out = torch.randn(3, 5, 4, dtype=torch.float64, generator=g)  # (models, B, d)
+    labels = torch.randint(0, 4, (5,), generator=g)
+    target = torch.randn(5, 4, dtype=torch.float64, generator=g)
+    ce = per_example_loss(out, labels, "ce")
+    mse = per_example_loss(out, target, "mse")
+    assert ce.shape == mse.shape == (3, 5)
+    for m in range(3):
+        torch.testing.assert_close(ce[m], F.cross_entropy(out[m], labels, reduction="none"))
+        torch.testing.assert_close(ce[m].mean(), ce_loss(out[m], labels))
+        torch.testing.assert_close(mse[m].mean(), mse_loss(out[m], target))
+    with pytest.raises(ValueError, match="loss"):
+        per_example_loss(out[0], target, "l1")

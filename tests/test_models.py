@@ -183,3 +183,76 @@ def test_bad_seed_names_the_argument(bad: object, error: type) -> None:
 
     with pytest.raises(error, match="seed"):
         MLP([3, 5, 2], seed=bad)  # type: ignore[arg-type]
+
+
+# --- the MLP core ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "modules",
+    [[nn.Tanh()], [nn.ReLU()], [nn.ELU(alpha=2.0)], [nn.LeakyReLU(0.2)], [nn.Sigmoid()],
+     [nn.GELU()], [nn.Softplus(), nn.Tanh()], [nn.Identity()], []],
+    ids=["tanh", "relu", "elu", "leaky", "sigmoid", "gelu", "softplus-tanh", "identity", "none"],
+)
+def test_elementwise_derivatives_match_autograd(modules):
+    """phi, phi' and phi'' of the core (closed forms, or forward mode) against nested autograd."""
+    from gni_lib.models import elementwise
+
+    z = torch.randn(4, 5, dtype=torch.float64, generator=_generator(0))
+    phi = nn.Sequential(*modules)
+    a, d1, d2 = elementwise(modules, z, second=True)
+    grad = torch.func.vmap(torch.func.grad(phi))
+    torch.testing.assert_close(a, phi(z), rtol=0, atol=0)
+    one = torch.ones_like(z)
+    torch.testing.assert_close(one if d1 is None else d1, grad(z.reshape(-1)).reshape(z.shape))
+    expected = torch.func.vmap(torch.func.grad(torch.func.grad(phi)))(z.reshape(-1)).reshape(z.shape)
+    torch.testing.assert_close(torch.zeros_like(z) if d2 is None else d2, expected)
+    with torch.no_grad():  # the same without autograd, and without the second derivative
+        _, d1_no_grad, d2_no_grad = elementwise(modules, z)
+    assert d2_no_grad is None and (d1 is None) == (d1_no_grad is None)
+
+
+def test_mlp_structure_is_the_one_rule():
+    from gni_lib.models import mlp_structure
+
+    net = MLP([3, 4, 2], seed=0)
+    structure = mlp_structure(net)
+    assert structure.site_layers == [0, 1] and structure.prefix == []
+    assert structure.names == [("1.weight", "1.bias"), ("4.weight", "4.bias")]
+    assert [n for n, _ in net.named_parameters()] == [n for pair in structure.names for n in pair]
+
+    class Sub(nn.Sequential):
+        pass
+
+    assert mlp_structure(Sub(*net)) is None  # a subclass may override forward
+    assert mlp_structure(nn.Sequential(nn.Linear(2, 2), nn.Dropout())) is None
+    assert mlp_structure(nn.Sequential(nn.Tanh())) is None  # no linear layer
+    no_bias = mlp_structure(MLP([3, 4, 2], bias=False, seed=0))
+    assert no_bias.names == [("1.weight", None), ("4.weight", None)]
+
+
+def test_mlp_forward_and_backward_match_autograd_and_vmap():
+    """The core's forward and backward recursion give the input-output Jacobian of autograd,
+    and, under vmap over stacked parameters, the same as one model at a time."""
+    from torch.func import stack_module_state, vmap
+
+    from gni_lib.models import mlp_backward, mlp_forward, mlp_structure, mlp_weights
+
+    nets = [MLP([3, 5, 4, 2], "tanh", seed=i).double().eval() for i in range(3)]
+    x = torch.randn(6, 3, dtype=torch.float64, generator=_generator(1))
+    structure = mlp_structure(nets[0])
+
+    def jacobian(params):
+        clean = mlp_forward(structure, x, params)
+        weights = [w for w, _ in mlp_weights(structure, params)]
+        eye = torch.eye(2, dtype=x.dtype).expand(6, 2, 2)
+        return clean.output, mlp_backward(weights, clean.first, eye)[0]
+
+    params, _ = stack_module_state(nets)
+    outputs, jacobians = vmap(jacobian)(params)
+    for i, net in enumerate(nets):
+        torch.testing.assert_close(outputs[i], net(x))
+        expected = torch.func.vmap(torch.func.jacrev(net))(x)
+        torch.testing.assert_close(jacobians[i], expected)
+        own = mlp_forward(mlp_structure(net), x)
+        torch.testing.assert_close(own.output, outputs[i])  # vmap: round-off only
