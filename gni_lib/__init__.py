@@ -28,8 +28,8 @@ Small modules, one concept each, readable next to the equations they implement:
 * :mod:`gni_lib.data`: generated problems and scikit-learn's bundled sets; nothing is downloaded.
 * helpers of single lectures, tested like the rest: :mod:`gni_lib.tikhonov` (01-02),
   :mod:`gni_lib.remainder` (03), :mod:`gni_lib.explicit` (05-06), :mod:`gni_lib.fourier` (08-09),
-  :mod:`gni_lib.margins` (10-11), :mod:`gni_lib.closed_forms` (13), :mod:`gni_lib.valley` (14-15),
-  :mod:`gni_lib.layerwise` (17).
+  :mod:`gni_lib.margins` (10-11), :mod:`gni_lib.closed_forms` (12-13), :mod:`gni_lib.valley` (14-15),
+  :mod:`gni_lib.layerwise` (16-17).
 
 See ``book/notation.md`` for the notation.
 """

@@ -485,6 +485,13 @@ def diagonal_linear_regression(
     return _sparse_problem(n, d, k, noise_std, seed, dtype, device, standardise=True)
 
 
+def _check_factors(u: object, v: object) -> tuple[Tensor, Tensor]:
+    u, v = _check_vector(u, "u"), _check_vector(v, "v")
+    if u.shape != v.shape:
+        raise ValueError(f"v must have the shape of u {tuple(u.shape)}, got {tuple(v.shape)}")
+    return u, v
+
+
 def diagonal_network_loss(u: Tensor, v: Tensor, x: Tensor, y: Tensor) -> Tensor:
     r"""Least squares for the diagonal linear network :math:`\beta = u \odot v`.
 
@@ -499,9 +506,7 @@ def diagonal_network_loss(u: Tensor, v: Tensor, x: Tensor, y: Tensor) -> Tensor:
         TypeError: if an argument is not a tensor.
         ValueError: on non-floating tensors or mismatched shapes.
     """
-    u, v = _check_vector(u, "u"), _check_vector(v, "v")
-    if u.shape != v.shape:
-        raise ValueError(f"v must have the shape of u {tuple(u.shape)}, got {tuple(v.shape)}")
+    u, v = _check_factors(u, v)
     x, y = _check_regression(x, y, u.shape[0], "u")
     return (x @ (u * v) - y).pow(2).sum() / (2 * x.shape[0])
 
@@ -522,9 +527,7 @@ def diagonal_network_hessian_trace(u: Tensor, v: Tensor, x: Tensor) -> Tensor:
     Raises:
         TypeError, ValueError: as :func:`diagonal_network_loss`.
     """
-    u, v = _check_vector(u, "u"), _check_vector(v, "v")
-    if u.shape != v.shape:
-        raise ValueError(f"v must have the shape of u {tuple(u.shape)}, got {tuple(v.shape)}")
+    u, v = _check_factors(u, v)
     x = _check_tensor(x, "x")
     if x.ndim != 2 or x.shape[1] != u.shape[0]:
         raise ValueError(f"x must have shape (n, d) with d = {u.shape[0]}, got {tuple(x.shape)}")
@@ -738,15 +741,12 @@ def load_mnist1d_split(
     random states, which the package reseeds, are restored afterwards.
 
     Args:
-        test_fraction: in :math:`(0, 1)`.
         samples: examples in all, an int :math:`\ge 10` (the package draws
             ``samples // 10`` of each class).
-        seed: a non-negative int; the same seed gives the same split.
-        dtype, device: for the inputs (the labels are int64 on ``device``).
+        test_fraction, seed, dtype, device: as :func:`load_digits_split`.
 
     Returns:
-        Split: ``x_train`` :math:`(n_\text{train}, 40)`, ``y_train``
-        :math:`(n_\text{train},)` int64 in :math:`\{0, \dots, 9\}`, and the same for the test set.
+        Split: as :func:`load_digits_split`, with 40 features.
 
     Raises:
         TypeError, ValueError: on a bad ``test_fraction``, ``samples``, ``seed`` or ``dtype``.
