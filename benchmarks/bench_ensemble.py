@@ -151,7 +151,8 @@ def noisy_tables(device: torch.device) -> list[str]:
         f"Training with the noise or with its regulariser: the same {MODELS} MLPs with a noise site "
         f"(σ = {NOISY_SIGMA}) before every layer, SGD, {NOISY_STEPS} steps, float32. The loop calls "
         "`gni_lib.train.train` per model; the R rows use `penalty=\"explicit_regularizer\"`, which the "
-        "bmm path vectorises over the models and the vmap path loops over.",
+        "bmm path computes by the MLP core's batched backward recursion and the vmap path as `vmap` "
+        "over `functional_regularizer`.",
         "",
         "| training | Python loop of `train()` | `train_ensemble` (bmm) | speed-up "
         "| `train_ensemble` (vmap) | speed-up |",

@@ -721,8 +721,8 @@ def train_ensemble(
     ``models``.
 
     Args:
-        models: :math:`M \ge 1` distinct modules with the same parameter names,
-            shapes, dtype and device (e.g. MLPs built under different seeds).
+        models: :math:`M \ge 1` distinct modules with the same module types and
+            parameter names, shapes, dtype and device (e.g. MLPs built under different seeds).
         x, y: training inputs :math:`(n, d_\text{in})` and targets, as for
             :func:`gni_lib.train.train`, on the models' device.
         steps: :math:`T \ge 1`.
@@ -739,11 +739,13 @@ def train_ensemble(
         batch_size: ``None`` (or :math:`n`) for full batch, else as in :func:`gni_lib.train.train`.
         batch_generator: ``None`` (global generator), one generator (every model sees
             the same batches) or :math:`M` of them (its own order per model).
-        record_extra: ``{name: fn}``; at each record step ``fn(models[m])`` is called
+        record_extra: ``{name: fn}``, names other than the :class:`~gni_lib.train.History`
+            fields; at each record step ``fn(models[m])`` is called
             with model :math:`m` holding its current parameters (in ``eval()`` mode) and
             must return a real number; stored in ``histories[m].extra[name]``.
-        fast_path: ``None`` picks the batched-matmul route when
-            :func:`supports_fast_path` holds, ``True`` demands it, ``False`` uses ``vmap``.
+        fast_path: ``None`` picks the batched-matmul route for a plain MLP
+            (:func:`gni_lib.models.mlp_structure`; with noise injected or R, each site
+            must feed a linear layer), ``True`` demands it, ``False`` uses ``vmap``.
         progress: a tqdm bar, as in :func:`gni_lib.train.train`.
         inject_noise: ``None`` (models must have no site with :math:`\sigma > 0`),
             ``True`` (sites inject noise at every step) or ``False`` (sites off).

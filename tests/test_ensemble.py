@@ -622,3 +622,25 @@ def test_noise_sites_with_adam_equal_sequential_training(fast_path):
         histories.append(train(model, x, y, optimizer=opt, generator=torch.Generator().manual_seed(1 + m),
                                progress=False, **common))
     _assert_same(ours, result, theirs, histories, dtype)
+
+
+def test_a_site_that_feeds_no_linear_layer_goes_through_vmap():
+    """The fast path injects noise at the inputs of linear layers (the MLP core's site_layers);
+    an MLP with a site after its last layer is trained on the vmap path, still as train() would."""
+    dtype = torch.float64
+    x, y = _regression(dtype)
+    ours, theirs = [], []
+    for m in range(M):
+        torch.manual_seed(m)
+        ours.append(nn.Sequential(nn.Linear(3, 5), nn.Tanh(), nn.Linear(5, 4), GaussianNoise(0.2)).double())
+        theirs.append(copy.deepcopy(ours[-1]))
+    common = dict(steps=4, loss="mse", record_every=2)
+    result = train_ensemble(ours, x, y, lr=0.1, inject_noise=True, site_generators=_gens(120),
+                            progress=False, **common)
+    assert result.fast_path is False
+    histories = _sequential_noisy(theirs, x, y, site_seed=120, inject_noise=True, penalty=None,
+                                  weights=[0.0] * M, lr=0.1, **common)
+    _assert_same(ours, result, theirs, histories, dtype)
+    with pytest.raises(ValueError, match="fast_path"):
+        train_ensemble(ours, x, y, steps=1, lr=0.1, inject_noise=True, site_generators=_gens(120),
+                       fast_path=True, progress=False)
