@@ -809,7 +809,9 @@ def train_ensemble(
 
     def record(step: int) -> float:
         metrics = _clean_metrics(
-            lambda xs: stack.outputs(stack.flat, xs), lambda out, target: per_example_loss(out, target, loss).mean(dim=-1), run, loss == "ce"
+            lambda xs: stack.outputs(stack.flat, xs),
+            lambda out, target: per_example_loss(out, target, loss).mean(dim=-1),
+            run, dtype if loss == "ce" else None,  # accuracies: a mean in the models' dtype
         )
         penalties = stack.penalty_values(stack.flat) if penalty_kind is not None else None
         if run.extras:

@@ -206,16 +206,13 @@ def _batches(
     return ((x[index], y[index]) for index in orders)
 
 
-def _accuracy(logits: Tensor, labels: Tensor) -> Tensor:
-    """The fraction of rows whose largest logit is the label, per model: shape ``logits.shape[:-2]``."""
-    return (logits.argmax(dim=-1) == labels).double().mean(dim=-1)
-
-
 def _clean_metrics(
     forward: Callable[[Tensor], Tensor], loss_of: Callable[[Tensor, Tensor], Tensor], run: _Run,
-    classify: bool,
+    accuracy_dtype: torch.dtype | None,
 ) -> dict[str, list[float]]:
-    """The clean losses (and accuracies) of each model on the training and test sets."""
+    """The clean losses of each model on the training and test sets, and, unless
+    ``accuracy_dtype`` is ``None``, the fraction of rows whose largest logit is the label
+    (a mean in that dtype)."""
     metrics: dict[str, list[float]] = {}
     with torch.no_grad():
         for part, xs, ys in (("train", run.x, run.y), ("test", run.x_test, run.y_test)):
@@ -223,8 +220,9 @@ def _clean_metrics(
                 continue
             out = forward(xs)
             metrics[f"{part}_loss"] = loss_of(out, ys).reshape(-1).tolist()
-            if classify:
-                metrics[f"{part}_accuracy"] = _accuracy(out, ys).reshape(-1).tolist()
+            if accuracy_dtype is not None:
+                hits = (out.argmax(dim=-1) == ys).to(accuracy_dtype)
+                metrics[f"{part}_accuracy"] = hits.mean(dim=-1).reshape(-1).tolist()
     return metrics
 
 
@@ -475,7 +473,7 @@ def train(
 
     def record(step: int) -> float:
         model.eval()
-        metrics = _clean_metrics(model, loss_fn, run, classify=loss == "ce")
+        metrics = _clean_metrics(model, loss_fn, run, torch.float64 if loss == "ce" else None)
         penalties = None if penalty is None else [float(penalty(model, run.x).detach())]
         _record([history], [model], step, metrics, penalties, run.extras)
         model.train(inject_noise)
