@@ -47,6 +47,12 @@ __all__ = [
 ]
 
 
+def _check_callables(**functions: object) -> None:
+    for name, fn in functions.items():
+        if not callable(fn):
+            raise TypeError(f"{name} must be callable, got {type(fn).__name__}")
+
+
 def chain_time_averages(
     params: Sequence[Tensor],
     loss_of: Callable[..., Tensor],
@@ -95,9 +101,7 @@ def chain_time_averages(
         raise TypeError("params must be a non-empty list of tensors with a leading chain dimension")
     for i, value in enumerate(params):
         check_tensor(value, f"params[{i}]")
-    for name, fn in (("loss_of", loss_of), ("predictor", predictor)):
-        if not callable(fn):
-            raise TypeError(f"{name} must be callable, got {type(fn).__name__}")
+    _check_callables(loss_of=loss_of, predictor=predictor)
     sigma = check_real(sigma, "sigma", what=" (a standard deviation)")
     lr = check_real(lr, "lr", positive=True)
     steps = check_int(steps, "steps", 1)
@@ -154,9 +158,7 @@ def stationary_covariance_scale(
         TypeError: if a function is not callable or ``point`` is not a tensor.
         ValueError: if ``point`` is not a finite vector, ``lr <= 0`` or ``sigma < 0``.
     """
-    for name, fn in (("loss_at", loss_at), ("unflatten", unflatten)):
-        if not callable(fn):
-            raise TypeError(f"{name} must be callable, got {type(fn).__name__}")
+    _check_callables(loss_at=loss_at, unflatten=unflatten)
     point = check_tensor(point, "point", ndim=1)
     lr = check_real(lr, "lr", positive=True)
     sigma = check_real(sigma, "sigma", what=" (a standard deviation)")
@@ -273,9 +275,7 @@ def variance_by_width(
         ValueError: if ``widths`` is empty or holds a width below 1; otherwise as
             :func:`~gni_lib.perturbation.perturbed_gradient_variance`.
     """
-    for name, fn in (("loss_fn", loss_fn), ("weights_at", weights_at)):
-        if not callable(fn):
-            raise TypeError(f"{name} must be callable, got {type(fn).__name__}")
+    _check_callables(loss_fn=loss_fn, weights_at=weights_at)
     if isinstance(widths, (str, bytes)) or not isinstance(widths, Sequence) or not widths:
         raise ValueError(f"widths must be a non-empty sequence of ints >= 1, got {widths!r}")
     widths = [check_int(m, "widths[i]", 1) for m in widths]

@@ -22,9 +22,11 @@ from ._checks import check_interval
 __all__ = ["mean_and_se", "t_interval", "interval_sign", "loglog_slope", "ratio_interval"]
 
 
-def _as_vector(values: object, name: str, minimum: int) -> np.ndarray:
+def _as_vector(values: object, name: str, minimum: int, *, flatten: bool = False) -> np.ndarray:
+    """A finite float64 vector of at least ``minimum`` values; ``flatten`` accepts a tensor of any shape."""
     if isinstance(values, torch.Tensor):
-        values = values.detach().cpu().double().numpy()
+        values = values.detach().cpu().double()
+        values = (values.reshape(-1) if flatten else values).numpy()
     try:
         array = np.asarray(values, dtype=np.float64)
     except (TypeError, ValueError):
@@ -63,9 +65,7 @@ def mean_and_se(values: Sequence[float] | torch.Tensor | np.ndarray) -> tuple[fl
         TypeError: if ``values`` is not numeric.
         ValueError: if it holds fewer than two values or non-finite ones.
     """
-    if isinstance(values, torch.Tensor):
-        values = values.reshape(-1)
-    array = _as_vector(values, "values", 2)
+    array = _as_vector(values, "values", 2, flatten=True)
     return float(array.mean()), float(array.std(ddof=1) / math.sqrt(array.size))
 
 
@@ -95,10 +95,8 @@ def t_interval(
             not in :math:`(0, 1)`.
     """
     level = _check_level(level)
-    if isinstance(values, torch.Tensor):
-        values = values.reshape(-1)
-    n = _as_vector(values, "values", 2).size
     mean, se = mean_and_se(values)
+    n = _as_vector(values, "values", 2, flatten=True).size
     half = float(_scipy_stats.t.ppf(0.5 + level / 2, n - 1)) * se
     return mean - half, mean + half
 
@@ -183,8 +181,8 @@ def ratio_interval(
             ``level`` is not in :math:`(0, 1)`.
     """
     level = _check_level(level)
-    a = _as_vector(numerator.reshape(-1) if isinstance(numerator, torch.Tensor) else numerator, "numerator", 2)
-    b = _as_vector(denominator.reshape(-1) if isinstance(denominator, torch.Tensor) else denominator, "denominator", 2)
+    a = _as_vector(numerator, "numerator", 2, flatten=True)
+    b = _as_vector(denominator, "denominator", 2, flatten=True)
     k = min(a.size, b.size)
     t = float(_scipy_stats.t.ppf(0.5 + level / 2, k - 1))
     v_a, v_b = a.var(ddof=1) / a.size, b.var(ddof=1) / b.size
