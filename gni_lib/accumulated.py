@@ -43,6 +43,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
+from ._checks import check_choice
 from .jacobians import check_calls, check_input, check_model
 from .noise import NOISE_MODES, replace_site_outputs
 
@@ -56,12 +57,6 @@ __all__ = [
 
 
 # --------------------------------------------------------------------------- checks
-
-
-def _check_mode(mode: object) -> str:
-    if not isinstance(mode, str) or mode not in NOISE_MODES:
-        raise ValueError(f"mode must be one of {NOISE_MODES}, got {mode!r}")
-    return mode
 
 
 def _check_noises(noises: object, count: int, x: Tensor) -> list[Tensor]:
@@ -134,7 +129,7 @@ def _prepare(
 ) -> tuple[Callable[[Tensor], Tensor], Tensor]:
     sites = check_model(model)
     x = check_input(x)
-    mode = _check_mode(mode)
+    mode = check_choice(mode, "mode", NOISE_MODES)
     checked = _check_noises(noises, len(sites), x)
     return _ray_output(model, x, checked, mode), x  # type: ignore[arg-type]
 

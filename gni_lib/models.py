@@ -267,13 +267,12 @@ def elementwise(
             continue
         out = module(a)
         forms = _closed_forms(module, a, out, second)
-        if forms is None and not second:
-            forms = (torch.func.jvp(module, (a,), (torch.ones_like(a),))[1], None)
-        elif forms is None:
+        if forms is None:  # forward mode: phi' = jvp with a tangent of ones, phi'' = its jvp
+
             def derivative(u: Tensor, module: nn.Module = module) -> Tensor:
                 return torch.func.jvp(module, (u,), (torch.ones_like(u),))[1]
 
-            forms = torch.func.jvp(derivative, (a,), (torch.ones_like(a),))
+            forms = torch.func.jvp(derivative, (a,), (torch.ones_like(a),)) if second else (derivative(a), None)
         e1, e2 = forms
         if second:
             d2 = e2 if d1 is None else e2 * d1 * d1 + (0 if d2 is None else e1 * d2)

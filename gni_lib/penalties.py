@@ -35,7 +35,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from ._checks import check_real
+from ._checks import check_choice, check_positive_int, check_real
 from .seeding import check_generator
 
 __all__ = [
@@ -57,14 +57,6 @@ def _check_model_and_input(model: object, x: object) -> Tensor:
             f"model must be callable (B, d_in) -> (B, d_out), got {type(model).__name__}"
         )
     return _check_input(x)
-
-
-def _positive_int(value: object, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be a positive int, got {type(value).__name__}")
-    if value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value}")
-    return int(value)
 
 
 def _check_input(x: object) -> Tensor:
@@ -213,10 +205,9 @@ def jacobian_penalty(
     """
     x = _check_model_and_input(model, x)
     noise_std = check_real(noise_std, "noise_std", what=" (a standard deviation)")
-    samples = _positive_int(samples, "samples")
-    if not isinstance(method, str) or method not in PENALTY_METHODS:
-        raise ValueError(f"method must be one of {PENALTY_METHODS}, got {method!r}")
-    probes = _positive_int(probes, "probes")
+    samples = check_positive_int(samples, "samples")
+    method = check_choice(method, "method", PENALTY_METHODS)
+    probes = check_positive_int(probes, "probes")
     check_generator(generator, x.device)
 
     batch, d_in = x.shape

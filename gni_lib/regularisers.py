@@ -40,6 +40,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
+from ._checks import check_choice
 from .jacobians import (
     check_input,
     check_model,
@@ -248,8 +249,7 @@ def explicit_regularizer(
     """
     check_model(model)
     loss = check_loss(loss)
-    if not isinstance(method, str) or method not in REGULARIZER_METHODS:
-        raise ValueError(f"method must be one of {REGULARIZER_METHODS}, got {method!r}")
+    method = check_choice(method, "method", REGULARIZER_METHODS)
     if method == "diag" and loss != "ce":
         raise ValueError(
             "method='diag' is the diagonal-H_L approximation of eq. 14 and needs loss='ce'; "
