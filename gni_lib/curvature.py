@@ -54,6 +54,23 @@ the back-propagation are the MLP core's (:func:`gni_lib.models.mlp_forward`,
 :math:`H_{z_m}^{\mathrm{GGN}} = U_m^\top U_m` with :math:`U_m` the :math:`d_L`
 output-basis vector-Jacobian products (times the root of :math:`H_L`), so
 ``"ggn"`` costs about as much as :math:`R`.
+
+**Hutchinson on an MLP.** :math:`v^\top \nabla^2_\theta L\, v = \frac{d^2}{dt^2}
+L(\theta + t v)\big|_{t=0}`, so a forward pass that carries the first and second
+:math:`t`-derivatives (dots) along the probe gives it without any graph. With
+:math:`V_m, u_m` the parts of :math:`v` on :math:`W_m, b_m`,
+
+.. math::
+
+    \dot z_m = W_m \dot a_{m-1} + V_m a_{m-1} + u_m, \qquad
+    \ddot z_m = W_m \ddot a_{m-1} + 2 V_m \dot a_{m-1}, \qquad
+    \dot a_m = \phi_m' \odot \dot z_m, \qquad
+    \ddot a_m = \phi_m' \odot \ddot z_m + \phi_m'' \odot \dot z_m^2,
+
+from :math:`\dot a_0 = \ddot a_0 = 0`, and :math:`v^\top \nabla^2_\theta L\, v =
+\sum_b \dot a_{M,b}^\top H_{a_M,b}\, \dot a_{M,b} + \frac{\partial L}{\partial a_{M,b}}
+\cdot \ddot a_{M,b}`: four matrix products per layer and probe, batched over a chunk
+of probes, with no autograd.
 """
 
 from __future__ import annotations
@@ -107,6 +124,12 @@ def _mlp_pass(model: nn.Module, structure: MLPStructure, x: Tensor, second: bool
     weights = mlp_weights(structure, params)
     norms = [a.pow(2).sum(dim=1) + float(b is not None) for a, (_, b) in zip(net.inputs, weights)]
     return net, [w for w, _ in weights], norms
+
+
+def _only_linear_parameters(model: nn.Module, structure: MLPStructure) -> bool:
+    """Whether the linear layers hold every parameter of ``model``."""
+    names = {name for pair in structure.names for name in pair if name is not None}
+    return names == {name for name, _ in model.named_parameters()}
 
 
 def _exact_trace_mlp(model: nn.Module, structure: MLPStructure, x: Tensor, y: Tensor, loss: str) -> Tensor:
@@ -207,29 +230,51 @@ def _ggn_trace_generic(outputs, theta: Tensor, x: Tensor, y: Tensor, loss: str) 
     return total
 
 
-def _hutchinson_values(loss_of, theta: Tensor, probes: int, generator) -> Tensor:
-    r""":math:`v_p^\top \nabla^2 L\, v_p` for each probe, by double back-propagation.
+def _probe_chunks(count: int, probes: int, generator, like: Tensor):
+    """The documented Rademacher probes, chunk by chunk (n, count), in two reused buffers."""
+    shape = (min(PROBES_PER_CHUNK, probes), count)
+    signs = torch.empty(shape, dtype=torch.int64, device=like.device)
+    chunk = torch.empty(shape, dtype=like.dtype, device=like.device)
+    for start in range(0, probes, PROBES_PER_CHUNK):
+        n = min(PROBES_PER_CHUNK, probes - start)
+        torch.randint(0, 2, (n, count), generator=generator, device=like.device, out=signs[:n])
+        yield chunk[:n].copy_(signs[:n]).mul_(2).sub_(1)  # 2 * signs - 1
 
-    One graph of the gradient serves every probe. On a CPU this loop is about twice as
-    fast as ``vmap`` over :func:`torch.func.jvp` of :func:`torch.func.grad` (which
-    re-derives the gradient per chunk and moves :math:`(n, P)` tangents). The probes are
-    drawn as documented in :func:`hessian_trace`, into two buffers reused chunk after chunk.
-    """
+
+def _hutchinson_mlp(model, structure: MLPStructure, x: Tensor, y: Tensor, loss: str, chunks) -> Tensor:
+    """v^T H v for each probe, by the second-order forward pass (module docstring)."""
+    net, weights, _ = _mlp_pass(model, structure, x, second=True)
+    grad_out, root = _output_derivatives(net.output, y, loss)
+    offsets, start = {}, 0
+    for name, p in model.named_parameters():
+        offsets[name], start = slice(start, start + p.numel()), start + p.numel()
+    values = []
+    for v in chunks:
+        a1 = a2 = x.new_zeros(v.shape[0], *net.inputs[0].shape)  # t-derivatives of a_{m-1}
+        for m, (w, (w_name, b_name)) in enumerate(zip(weights, structure.names)):
+            vw = v[:, offsets[w_name]].view(-1, *w.shape).transpose(1, 2)  # V_m^T, (n, d_{m-1}, d_m)
+            z1 = a1 @ w.T + net.inputs[m] @ vw
+            z1 = z1 if b_name is None else z1 + v[:, offsets[b_name]].unsqueeze(1)
+            z2 = a2 @ w.T + 2 * (a1 @ vw)
+            d1, d2 = net.first[m], net.second[m]
+            a1, a2 = (z1, z2) if d1 is None else (d1 * z1, d1 * z2)
+            a2 = a2 if d2 is None else a2 + d2 * z1.pow(2)
+        quad = torch.einsum("nbi,bij->nbj", a1, root).pow(2).sum(dim=(1, 2))
+        values.append(quad + (a2 * grad_out).sum(dim=(1, 2)))
+    return torch.cat(values)
+
+
+def _hutchinson_generic(loss_of, theta: Tensor, chunks) -> Tensor:
+    """v^T H v for each probe, by double back-propagation through one graph of the gradient."""
     with torch.enable_grad():
         leaf = theta.detach().requires_grad_(True)
         (gradient,) = torch.autograd.grad(loss_of(leaf), leaf, create_graph=True)
-    shape = (min(PROBES_PER_CHUNK, probes), theta.numel())
-    signs = torch.empty(shape, dtype=torch.int64, device=theta.device)
-    chunk = torch.empty(shape, dtype=theta.dtype, device=theta.device)
-    values = theta.new_empty(probes)
-    for start in range(0, probes, PROBES_PER_CHUNK):
-        n = min(PROBES_PER_CHUNK, probes - start)
-        torch.randint(0, 2, (n, shape[1]), generator=generator, device=theta.device, out=signs[:n])
-        v = chunk[:n].copy_(signs[:n]).mul_(2).sub_(1)  # 2 * signs - 1
-        for i in range(n):
-            (hv,) = torch.autograd.grad(gradient, leaf, v[i], retain_graph=True)
-            values[start + i] = hv @ v[i]
-    return values
+    values = []
+    for v in chunks:
+        for row in v:
+            (hv,) = torch.autograd.grad(gradient, leaf, row, retain_graph=True)
+            values.append(hv @ row)
+    return torch.stack(values)
 
 
 def hessian_trace(
@@ -269,8 +314,11 @@ def hessian_trace(
     - ``"hutchinson"``: the mean of :math:`v^\top \nabla^2_\theta L\, v` over
       ``probes`` Rademacher vectors, and its standard error
       :math:`\operatorname{std}/\sqrt{\text{probes}}`. A fixed number of probes,
-      never a tolerance. Each :math:`\nabla^2_\theta L\, v` is one double
-      back-propagation through a single graph of the gradient. Probes are drawn in
+      never a tolerance. For a plain MLP whose linear layers hold every parameter,
+      each :math:`v^\top \nabla^2_\theta L\, v` is the second derivative of
+      :math:`L(\theta + t v)` by a second-order forward pass, a chunk of probes at once;
+      otherwise one double back-propagation per probe through a single graph of
+      the gradient. Probes are drawn in
       chunks of ``PROBES_PER_CHUNK``: for each chunk of :math:`n`, one
       ``2 * torch.randint(0, 2, (n, P), generator=generator) - 1`` over the
       parameters flattened in ``model.named_parameters()`` order.
@@ -312,6 +360,15 @@ def hessian_trace(
         y = check_target(y, output, loss)
         zero = output.new_zeros(())
         structure = mlp_structure(model) if x.ndim == 2 else None
+        if method == "hutchinson":
+            count = sum(p.numel() for p in model.parameters())
+            chunks = _probe_chunks(count, probes, generator, output)
+            if structure is not None and _only_linear_parameters(model, structure):
+                values = _hutchinson_mlp(model, structure, x, y, loss, chunks)
+            else:
+                loss_of, _, theta = _flat_loss(model, x, y, loss)
+                values = _hutchinson_generic(loss_of, theta, chunks)
+            return values.mean(), values.std(correction=1) / math.sqrt(probes)
         if method == "exact" and structure is not None:
             return _exact_trace_mlp(model, structure, x, y, loss), zero
         if method == "ggn" and structure is not None:
@@ -319,7 +376,4 @@ def hessian_trace(
         loss_of, outputs, theta = _flat_loss(model, x, y, loss)
         if method == "exact":
             return _exact_trace_generic(loss_of, theta), zero
-        if method == "ggn":
-            return _ggn_trace_generic(outputs, theta, x, y, loss), zero
-        values = _hutchinson_values(loss_of, theta, probes, generator)
-        return values.mean(), values.std(correction=1) / math.sqrt(probes)
+        return _ggn_trace_generic(outputs, theta, x, y, loss), zero

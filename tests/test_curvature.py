@@ -211,13 +211,27 @@ def test_ggn_is_exact_for_piecewise_linear_nets_with_mse(activation):
 # --- Hutchinson ----------------------------------------------------------------------------------
 
 
+HUTCHINSON_NETS = {  # the Taylor-mode MLP route, its structural corner cases, and the generic route
+    "elu": lambda: MLP([3, 4, 3], activation="elu"),
+    "no_bias_linear": lambda: MLP([3, 4, 3], activation="linear", bias=False),
+    "trailing_and_prefix": lambda: nn.Sequential(
+        nn.Tanh(), GaussianNoise(0.1), nn.Linear(3, 4), nn.SiLU(), nn.Linear(4, 3), nn.Sigmoid()
+    ),
+    "single_layer": lambda: nn.Sequential(GaussianNoise(0.1), nn.Linear(3, 3)),
+    "custom": Custom,
+}
+
+
+@pytest.mark.parametrize("net", list(HUTCHINSON_NETS))
 @pytest.mark.parametrize("loss", ["mse", "ce"])
-def test_hutchinson_reproduces_documented_probes(loss):
+def test_hutchinson_reproduces_documented_probes(loss, net):
     """mean_p v_p^T H v_p with v = 2*randint(0, 2, (n, P)) - 1 per chunk of PROBES_PER_CHUNK."""
     import gni_lib.curvature as curvature
 
-    model = _mlp([3, 4, 3], "elu")
-    x, y = torch.randn(4, 3, dtype=F64), _targets(loss, 4, 3)
+    torch.manual_seed(5)
+    model = HUTCHINSON_NETS[net]().double()
+    d_out = 2 if net == "custom" else 3
+    x, y = torch.randn(4, 3, dtype=F64), _targets(loss, 4, d_out)
     probes = curvature.PROBES_PER_CHUNK + 5
     value, se = hessian_trace(
         model, x, y, loss=loss, method="hutchinson", probes=probes, generator=_generator(4)
@@ -314,7 +328,7 @@ def test_bad_x_y_and_model():
         hessian_trace(nn.Sequential(nn.Linear(3, 2)).double(), x, y)
 
 
-@pytest.mark.parametrize("method", ["exact", "ggn"])
+@pytest.mark.parametrize("method", ["exact", "ggn", "hutchinson"])
 def test_mlp_route_and_generic_route_agree(method):
     class Wrapped(nn.Module):
         def __init__(self, mlp):
@@ -326,6 +340,8 @@ def test_mlp_route_and_generic_route_agree(method):
 
     model = _mlp([3, 5, 4, 3], "elu", seed=4)
     x, y = torch.randn(5, 3, dtype=F64), _targets("ce", 5, 3)
-    fast = hessian_trace(model, x, y, loss="ce", method=method)[0]
-    generic = hessian_trace(Wrapped(model), x, y, loss="ce", method=method)[0]
+    fast, generic = (
+        hessian_trace(net, x, y, loss="ce", method=method, probes=30, generator=_generator(6))[0]
+        for net in (model, Wrapped(model))
+    )
     torch.testing.assert_close(fast, generic, rtol=1e-10, atol=1e-12)
