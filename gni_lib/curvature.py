@@ -18,11 +18,10 @@ al. 2022, 2023). :func:`hessian_trace` computes it three ways:
   positive semi-definite whenever the loss is convex in the output (both losses
   here: :math:`H_L = I` for MSE, :math:`\operatorname{diag}(p) - pp^\top` for
   cross-entropy), while the dropped term is indefinite.
-- ``"hutchinson"``: :math:`\frac1P \sum_{p} v_p^\top \nabla^2_\theta L\, v_p` with
-  a fixed number of Rademacher probes :math:`v_p` and its standard error. The
-  parameter Hessian of a network is indefinite and this estimator is poor
-  (tens of per cent relative error at 100 probes on a 340k-parameter MLP);
-  prefer ``"exact"``. There is no tolerance-based stopping rule.
+- ``"hutchinson"``: :math:`\frac1n \sum_{p=1}^n v_p^\top \nabla^2_\theta L\, v_p` over
+  :math:`n` Rademacher probes :math:`v_p`, with its standard error. The parameter
+  Hessian of a network is indefinite and this estimator is poor (tens of per cent
+  relative error at 100 probes on a 340k-parameter MLP); prefer ``"exact"``.
 
 **The exact trace of an MLP.** Write layer :math:`m` as
 :math:`z_m = W_m a_{m-1} + b_m`, :math:`a_m = \phi_m(z_m)` (:math:`\phi_M` the
@@ -183,18 +182,14 @@ def _ggn_trace_mlp(model: nn.Module, structure: MLPStructure, x: Tensor, y: Tens
 
 
 def _flat_loss(model: nn.Module, x: Tensor, y: Tensor, loss: str):
-    """The loss as a function of one flat parameter vector, and that vector."""
-    names = [n for n, _ in model.named_parameters()]
-    params = [p.detach() for _, p in model.named_parameters()]
-    shapes = [p.shape for p in params]
-    sizes = [p.numel() for p in params]
-    theta = torch.cat([p.reshape(-1) for p in params]) if params else x.new_zeros(0)
-
-    def unflatten(flat: Tensor) -> dict[str, Tensor]:
-        return {n: t.view(s) for n, t, s in zip(names, flat.split(sizes), shapes)}
+    """The loss as a function of one flat parameter vector, the outputs as one, and that vector."""
+    params = {name: p.detach() for name, p in model.named_parameters()}
+    theta = torch.cat([p.reshape(-1) for p in params.values()]) if params else x.new_zeros(0)
 
     def outputs(flat: Tensor, inputs: Tensor) -> Tensor:
-        return torch.func.functional_call(model, unflatten(flat), (inputs,))
+        pieces = flat.split([p.numel() for p in params.values()])
+        named = {name: t.view_as(p) for (name, p), t in zip(params.items(), pieces)}
+        return torch.func.functional_call(model, named, (inputs,))
 
     def loss_of(flat: Tensor) -> Tensor:
         return per_example_loss(outputs(flat, x), y, loss).mean()
