@@ -372,6 +372,7 @@ def mlp_backward(
     for m in range(len(weights) - 1, stop - 1, -1):
         if first[m] is not None:
             g = g * first[m].unsqueeze(-2)  # with respect to z_m
-        g = g @ weights[m]  # with respect to a_{m-1}
+        g = (g.reshape(-1, g.shape[-1]) @ weights[m]).view(*g.shape[:-1], -1)  # wrt a_{m-1}; one
+        # matrix product over all rows, also under vmap (where g @ W is one per example)
         grads[m] = g
     return grads

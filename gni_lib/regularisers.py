@@ -91,11 +91,9 @@ def _cotangent_rows(
 
 
 def _squared_norm(t: Tensor) -> Tensor:
-    r""":math:`\lVert t \rVert_F^2`, as one dot product when ``t`` is contiguous."""
-    if t.is_contiguous():
-        flat = t.reshape(-1)
-        return torch.dot(flat, flat)
-    return t.pow(2).sum()
+    r""":math:`\lVert t \rVert_F^2`: as fast as a dot product on one model, and, unlike
+    ``torch.dot``, with a backward pass that batches well under :func:`torch.func.vmap`."""
+    return torch.linalg.vector_norm(t).square()
 
 
 def functional_regularizer(
@@ -352,3 +350,4 @@ def second_order_term(
         scale = site.sigma * h.reshape(batch, width) if site.mode == "multiplicative" else site.sigma
         total = total + (diag * scale**2).sum()
     return 0.5 * total.detach()
+
