@@ -30,11 +30,11 @@ import math
 import torch
 from torch import Tensor, nn
 
+from ._checks import check_int
 from .jacobians import (
     check_calls,
     check_input,
     check_model,
-    check_positive_int,
     check_target,
     run_model,
 )
@@ -112,7 +112,7 @@ def noisy_loss_gap(
     """
     sites = check_model(model)
     loss = check_loss(loss)
-    samples = check_positive_int(samples, "samples", minimum=2)
+    samples = check_int(samples, "samples", minimum=2)
     if not isinstance(antithetic, bool):
         raise TypeError(f"antithetic must be a bool, got {type(antithetic).__name__}")
     if antithetic and samples % 2:

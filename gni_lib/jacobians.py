@@ -42,7 +42,6 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from ._checks import check_int as check_positive_int  # noqa: F401 (imported from here)
 from .models import MLPStructure, mlp_backward, mlp_forward, mlp_structure, mlp_weights  # noqa: F401
 from .noise import GaussianNoise, noise_sites, replace_site_outputs
 

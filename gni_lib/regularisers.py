@@ -40,11 +40,10 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from ._checks import check_choice
+from ._checks import check_choice, check_int
 from .jacobians import (
     check_input,
     check_model,
-    check_positive_int,
     check_target,
     output_basis,
     site_pass,
@@ -253,7 +252,7 @@ def explicit_regularizer(
             "method='diag' is the diagonal-H_L approximation of eq. 14 and needs loss='ce'; "
             "with loss='mse' H_L = I is already diagonal: use method='exact'"
         )
-    probes = check_positive_int(probes, "probes")
+    probes = check_int(probes, "probes")
     x = check_input(x)
     check_generator(generator, x.device)
 
@@ -317,7 +316,7 @@ def second_order_term(
     """
     sites = check_model(model)
     loss = check_loss(loss)
-    chunk_size = check_positive_int(chunk_size, "chunk_size")
+    chunk_size = check_int(chunk_size, "chunk_size")
     x = check_input(x)
     output, activations = site_pass(model, x)
     y = check_target(y, output, loss)
