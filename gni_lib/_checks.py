@@ -163,3 +163,52 @@ def check_pair(x: object, y: object, x_name: str, y_name: str) -> tuple[Tensor, 
         if value.is_floating_point() and not bool(value.isfinite().all()):
             raise ValueError(f"{name} must be finite, but it holds NaN or infinite entries")
     return x, y
+
+
+def check_input(x: object) -> Tensor:
+    """A network input: a finite floating tensor of shape (B, ...) with B >= 1."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"x must be a torch.Tensor of shape (B, d_0), got {type(x).__name__}")
+    if x.ndim < 2 or x.shape[0] < 1 or x.numel() == 0:
+        raise ValueError(
+            f"x must have shape (B, d_0) (batch first) with B >= 1, got shape {tuple(x.shape)}"
+        )
+    if not x.is_floating_point():
+        raise ValueError(f"x must be a floating-point tensor, got dtype {x.dtype}")
+    if not bool(x.isfinite().all()):
+        raise ValueError("x must be finite, but it holds NaN or infinite entries")
+    return x
+
+
+def check_target(y: object, output: Tensor, loss: str) -> Tensor:
+    """A target for ``output`` (B, d_L) under ``loss``: the output's shape and dtype, finite
+    (``"mse"``), or int64 class indices of shape (B,) in range (``"ce"``)."""
+    import torch
+
+    if not isinstance(y, Tensor):
+        raise TypeError(f"y must be a torch.Tensor, got {type(y).__name__}")
+    batch, d_out = output.shape
+    if y.device != output.device:
+        raise ValueError(f"y must be on the model's device {output.device}, got {y.device}")
+    if loss == "mse":
+        if y.shape != output.shape:
+            raise ValueError(
+                f"y must have the model output's shape (B, d_L) = {tuple(output.shape)} "
+                f"for loss='mse', got {tuple(y.shape)}"
+            )
+        if y.dtype != output.dtype:
+            raise ValueError(f"y must have the output's dtype {output.dtype}, got {y.dtype}")
+        if not bool(y.isfinite().all()):
+            raise ValueError("y must be finite, but it holds NaN or infinite entries")
+    else:
+        if y.shape != (batch,) or y.dtype != torch.int64:
+            raise ValueError(
+                f"y must hold int64 class indices of shape (B,) = ({batch},) for loss='ce', "
+                f"got shape {tuple(y.shape)} and dtype {y.dtype}"
+            )
+        if int(y.min()) < 0 or int(y.max()) >= d_out:
+            raise ValueError(
+                f"y must hold class indices in [0, {d_out - 1}] for loss='ce', got values in "
+                f"[{int(y.min())}, {int(y.max())}]"
+            )
+    return y

@@ -43,8 +43,8 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from ._checks import check_choice
-from .jacobians import check_calls, check_input, check_model
+from ._checks import check_choice, check_input
+from .jacobians import check_calls, check_model
 from .noise import NOISE_MODES, replace_site_outputs
 
 __all__ = [

@@ -24,11 +24,11 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ._checks import check_int, check_real
-from .losses import per_example_loss
-from .jacobians import check_input, check_model, check_target
-from .noise import GaussianNoise
+from ._checks import check_input, check_int, check_real, check_target
 from .gap import noisy_loss_gap
+from .jacobians import check_model
+from .losses import per_example_loss
+from .noise import GaussianNoise
 from .regularisers import check_loss, explicit_regularizer, second_order_term
 
 __all__ = ["brute_force_regulariser", "curvature_share", "quadrature_gap", "remainder_ratio"]

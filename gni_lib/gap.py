@@ -30,14 +30,8 @@ import math
 import torch
 from torch import Tensor, nn
 
-from ._checks import check_int
-from .jacobians import (
-    check_calls,
-    check_input,
-    check_model,
-    check_target,
-    run_model,
-)
+from ._checks import check_input, check_int, check_target
+from .jacobians import check_calls, check_model, run_model
 from .losses import per_example_loss  # noqa: F401 (the chapters import it from here)
 from .noise import replace_site_outputs
 from .regularisers import check_loss

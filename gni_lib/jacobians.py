@@ -42,13 +42,14 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from ._checks import check_input, check_target  # noqa: F401 (imported from here)
 from .models import MLPStructure, mlp_backward, mlp_forward, mlp_structure, mlp_weights  # noqa: F401
 from .noise import GaussianNoise, noise_sites, replace_site_outputs
 
 __all__ = ["layer_jacobians", "site_products"]
 
 
-# --- input checks shared by the regulariser, the gap and the curvature modules -------
+# --- model checks shared by the regulariser, the gap and the curvature modules -------
 
 
 def check_model(model: object) -> list[GaussianNoise]:
@@ -66,50 +67,10 @@ def check_model(model: object) -> list[GaussianNoise]:
     return sites
 
 
-def check_input(x: object) -> Tensor:
-    """Raise unless ``x`` is a finite floating tensor of shape (B, ...) with B >= 1."""
-    if not isinstance(x, Tensor):
-        raise TypeError(f"x must be a torch.Tensor of shape (B, d_0), got {type(x).__name__}")
-    if x.ndim < 2 or x.shape[0] < 1 or x.numel() == 0:
-        raise ValueError(
-            f"x must have shape (B, d_0) (batch first) with B >= 1, got shape {tuple(x.shape)}"
-        )
-    if not x.is_floating_point():
-        raise ValueError(f"x must be a floating-point tensor, got dtype {x.dtype}")
-    if not bool(torch.isfinite(x).all()):
-        raise ValueError("x must be finite, but it holds NaN or infinite entries")
-    return x
-
-
-def check_target(y: object, output: Tensor, loss: str) -> Tensor:
-    """Raise unless ``y`` is a valid target for ``output`` under ``loss`` ("mse" or "ce")."""
-    if not isinstance(y, Tensor):
-        raise TypeError(f"y must be a torch.Tensor, got {type(y).__name__}")
-    batch, d_out = output.shape
-    if y.device != output.device:
-        raise ValueError(f"y must be on the model's device {output.device}, got {y.device}")
-    if loss == "mse":
-        if y.shape != output.shape:
-            raise ValueError(
-                f"y must have the model output's shape (B, d_L) = {tuple(output.shape)} "
-                f"for loss='mse', got {tuple(y.shape)}"
-            )
-        if y.dtype != output.dtype:
-            raise ValueError(f"y must have the output's dtype {output.dtype}, got {y.dtype}")
-        if not bool(torch.isfinite(y).all()):
-            raise ValueError("y must be finite, but it holds NaN or infinite entries")
-    else:
-        if y.shape != (batch,) or y.dtype != torch.int64:
-            raise ValueError(
-                f"y must hold int64 class indices of shape (B,) = ({batch},) for loss='ce', "
-                f"got shape {tuple(y.shape)} and dtype {y.dtype}"
-            )
-        if int(y.min()) < 0 or int(y.max()) >= d_out:
-            raise ValueError(
-                f"y must hold class indices in [0, {d_out - 1}] for loss='ce', got values in "
-                f"[{int(y.min())}, {int(y.max())}]"
-            )
-    return y
+def _does_not_fit(x: Tensor, error: RuntimeError) -> ValueError:
+    return ValueError(
+        f"x of shape {tuple(x.shape)} (dtype {x.dtype}, device {x.device}) does not fit the model: {error}"
+    )
 
 
 def run_model(model: nn.Module, x: Tensor, params: Mapping[str, Tensor] | None = None) -> Tensor:
@@ -118,10 +79,7 @@ def run_model(model: nn.Module, x: Tensor, params: Mapping[str, Tensor] | None =
     try:
         output = model(x) if params is None else functional_call(model, params, (x,))
     except RuntimeError as error:
-        raise ValueError(
-            f"x of shape {tuple(x.shape)} (dtype {x.dtype}, device {x.device}) does not fit "
-            f"the model: {error}"
-        ) from error
+        raise _does_not_fit(x, error) from error
     if not isinstance(output, Tensor) or output.ndim != 2 or output.shape[0] != x.shape[0]:
         shape = tuple(output.shape) if isinstance(output, Tensor) else type(output).__name__
         raise ValueError(
@@ -157,10 +115,7 @@ def _mlp_products(
     try:
         clean = mlp_forward(structure, x, params)
     except RuntimeError as error:
-        raise ValueError(
-            f"x of shape {tuple(x.shape)} (dtype {x.dtype}, device {x.device}) does not fit "
-            f"the model: {error}"
-        ) from error
+        raise _does_not_fit(x, error) from error
     layers: list[int] = structure.site_layers  # type: ignore[assignment]
     weights = [w for w, _ in mlp_weights(structure, params)]
     if rows is output_basis:  # C = I: the last layer's product is diag(phi') W itself

@@ -40,15 +40,8 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from ._checks import check_choice, check_int
-from .jacobians import (
-    check_input,
-    check_model,
-    check_target,
-    output_basis,
-    site_pass,
-    site_products,
-)
+from ._checks import check_choice, check_input, check_int, check_target
+from .jacobians import check_model, output_basis, site_pass, site_products
 from .losses import ce_hessian_diag_root, ce_hessian_root, get_loss, per_example_loss
 from .noise import noise_sites, replace_site_outputs
 from .seeding import check_generator
