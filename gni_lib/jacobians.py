@@ -236,7 +236,8 @@ def layer_jacobians(model: nn.Module, x: Tensor) -> list[Tensor]:
     current mode: call ``model.eval()`` first if it has dropout.
 
     Cost: one forward pass and one batched set of :math:`d_L` vector-Jacobian
-    products (no loop over examples or sites). The result is differentiable with
+    products (no loop over examples or sites); a model that is not a plain MLP
+    first runs once more without a graph, to check it and find the sites' shapes. The result is differentiable with
     respect to the parameters when autograd is on; under :func:`torch.no_grad`
     it is computed without a graph.
 
