@@ -272,7 +272,11 @@ def elementwise(
             def derivative(u: Tensor, module: nn.Module = module) -> Tensor:
                 return torch.func.jvp(module, (u,), (torch.ones_like(u),))[1]
 
-            forms = torch.func.jvp(derivative, (a,), (torch.ones_like(a),)) if second else (derivative(a), None)
+            if second:  # nested forward mode needs grad mode for some kernels (SiLU, Mish)
+                with torch.enable_grad():
+                    forms = torch.func.jvp(derivative, (a,), (torch.ones_like(a),))
+            else:
+                forms = (derivative(a), None)
         e1, e2 = forms
         if second:
             d2 = e2 if d1 is None else e2 * d1 * d1 + (0 if d2 is None else e1 * d2)

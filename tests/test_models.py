@@ -191,8 +191,9 @@ def test_bad_seed_names_the_argument(bad: object, error: type) -> None:
 @pytest.mark.parametrize(
     "modules",
     [[nn.Tanh()], [nn.ReLU()], [nn.ELU(alpha=2.0)], [nn.LeakyReLU(0.2)], [nn.Sigmoid()],
-     [nn.GELU()], [nn.Softplus(), nn.Tanh()], [nn.Identity()], []],
-    ids=["tanh", "relu", "elu", "leaky", "sigmoid", "gelu", "softplus-tanh", "identity", "none"],
+     [nn.GELU()], [nn.Softplus(), nn.Tanh()], [nn.SiLU()], [nn.Mish()], [nn.Identity()], []],
+    ids=["tanh", "relu", "elu", "leaky", "sigmoid", "gelu", "softplus-tanh", "silu", "mish",
+         "identity", "none"],
 )
 def test_elementwise_derivatives_match_autograd(modules):
     """phi, phi' and phi'' of the core (closed forms, or forward mode) against nested autograd."""
@@ -209,7 +210,9 @@ def test_elementwise_derivatives_match_autograd(modules):
     torch.testing.assert_close(torch.zeros_like(z) if d2 is None else d2, expected)
     with torch.no_grad():  # the same without autograd, and without the second derivative
         _, d1_no_grad, d2_no_grad = elementwise(modules, z)
+        _, _, d2_second = elementwise(modules, z, second=True)  # SiLU, Mish: forward-over-forward
     assert d2_no_grad is None and (d1 is None) == (d1_no_grad is None)
+    torch.testing.assert_close(torch.zeros_like(z) if d2_second is None else d2_second, expected)
 
 
 def test_mlp_structure_is_the_one_rule():
