@@ -188,7 +188,7 @@ def site_products(
 
     .. math::
 
-        P_k[b] = C_b\, J_k(x_b), \qquad J_k = rac{\partial h_L}{\partial h_k},
+        P_k[b] = C_b\, J_k(x_b), \qquad J_k = \frac{\partial h_L}{\partial h_k},
 
     with the cotangent rows :math:`C = ` ``rows(output)`` (a function of the clean
     output, such as the root of the loss Hessian; the identity gives the

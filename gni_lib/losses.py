@@ -141,7 +141,7 @@ def per_example_loss(output: Tensor, y: Tensor, loss: str) -> Tensor:
         \ell_b = \tfrac12 \lVert y_b - \hat y_b \rVert^2 \ (\texttt{"mse"}), \qquad
         \ell_b = -\log \operatorname{softmax}(\hat y_b)_{y_b} \ (\texttt{"ce"}).
 
-    The unchecked core of :func:`mse_loss` and :func:`ce_loss`: no data-dependent
+    The unchecked core of :func:`~gni_lib.losses.mse_loss` and :func:`~gni_lib.losses.ce_loss`: no data-dependent
     checks, so it composes with :func:`torch.func.vmap` and the other transforms.
     Leading axes broadcast: a model axis on ``output`` (and, for ``"ce"``, labels
     of the batch shape) works.
