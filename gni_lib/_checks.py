@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Callable, Sequence
 
 from torch import Tensor
 
@@ -212,3 +213,18 @@ def check_target(y: object, output: Tensor, loss: str) -> Tensor:
                 f"[{int(y.min())}, {int(y.max())}]"
             )
     return y
+
+
+def check_values(value: object, count: int, name: str, check: Callable[[object, str], float], *, per: str) -> list[float]:
+    """One real number for all ``count`` items, or a sequence (list, tuple, 1-D array or tensor) of
+    ``count`` of them; each value passes ``check(value, name)``. ``per`` names an item in messages."""
+    if isinstance(value, Tensor) or (hasattr(value, "tolist") and hasattr(value, "ndim")):
+        value = value.tolist()  # tensor or numpy array -> float or list of floats
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        return [check(value, name)] * count
+    expected = f"{name} must be a real number or a sequence of {count} (one per {per})"
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+        raise TypeError(f"{expected}, got {type(value).__name__}")
+    if len(value) != count:
+        raise ValueError(f"{expected}, got a sequence of length {len(value)}")
+    return [check(v, f"{name}[{i}]") for i, v in enumerate(value)]

@@ -32,7 +32,6 @@ import contextlib
 import copy
 import itertools
 import math
-import numbers
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -41,7 +40,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad_and_value, stack_module_state, vmap
 
-from ._checks import check_real
+from ._checks import check_real, check_values
 from .losses import ce_hessian_root, get_loss, per_example_loss
 from .models import MLPPass, MLPStructure, elementwise, mlp_structure, mlp_weights
 from .noise import GaussianNoise, noise_sites, replace_site_outputs
@@ -176,18 +175,7 @@ def _stacked_regularizer(
 
 
 def _per_model_values(value: object, count: int, name: str, check: Callable[[object, str], float]) -> list[float]:
-    if isinstance(value, Tensor):
-        value = value.tolist()
-    if isinstance(value, numbers.Real) and not isinstance(value, bool):
-        return [check(value, name)] * count
-    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
-        raise TypeError(
-            f"{name} must be a real number or a sequence of {count} (one per model), "
-            f"got {type(value).__name__}"
-        )
-    if len(value) != count:
-        raise ValueError(f"{name} must have one entry per model ({count}), got {len(value)}")
-    return [check(v, f"{name}[{m}]") for m, v in enumerate(value)]
+    return check_values(value, count, name, check, per="model")
 
 
 def _check_models(models: object, allow_noise: bool = False) -> list[nn.Module]:

@@ -25,14 +25,13 @@ Jacobians), or noise drawn from the caller's generator (Monte Carlo).
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
 import torch
 from torch import Tensor, nn
 
-from ._checks import check_choice, check_generator, check_real
+from ._checks import check_choice, check_generator, check_real, check_values
 
 __all__ = [
     "GaussianNoise",
@@ -120,21 +119,7 @@ def sigma_list(sigma: object, count: int, name: str = "sigma") -> list[float]:
         ValueError: if a value is negative or not finite, or the sequence does not
             have ``count`` entries.
     """
-    if isinstance(sigma, Tensor) or (hasattr(sigma, "tolist") and hasattr(sigma, "ndim")):
-        sigma = sigma.tolist()  # tensor or numpy array -> float or list of floats
-    if isinstance(sigma, numbers.Real) and not isinstance(sigma, bool):
-        return [_check_sigma(sigma, name)] * count
-    if isinstance(sigma, (str, bytes)) or not isinstance(sigma, Sequence):
-        raise TypeError(
-            f"{name} must be a real number >= 0 or a sequence of {count} of them, "
-            f"got {type(sigma).__name__}"
-        )
-    if len(sigma) != count:
-        raise ValueError(
-            f"{name} must be one real number or a sequence of {count} (one per noise site), "
-            f"got a sequence of length {len(sigma)}"
-        )
-    return [_check_sigma(s, f"{name}[{i}]") for i, s in enumerate(sigma)]
+    return check_values(sigma, count, name, _check_sigma, per="noise site")
 
 
 class GaussianNoise(nn.Module):
