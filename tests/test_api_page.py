@@ -69,7 +69,7 @@ def test_resolve_names_the_defining_module() -> None:
     assert gni_api.resolve("gni_lib.optim.PGD") == ("py:class", "gni_lib.optim.PGD")
     assert gni_api.resolve("gni_lib.optim") == ("py:mod", "gni_lib.optim")
     assert gni_api.resolve("gni_lib.no_such_thing") is None
-    assert gni_api.resolve("gni_lib.jacobians._closed_form_derivative") is None
+    assert gni_api.resolve("gni_lib.models._closed_forms") is None  # private, though it exists
 
 
 def test_every_chapter_lists_the_library_it_uses() -> None:
