@@ -14,12 +14,13 @@ from collections.abc import Callable, Sequence
 from torch import Tensor
 
 
-def check_int(value: object, name: str, minimum: int = 1) -> int:
-    """An ``int`` (not a ``bool``) of at least ``minimum``."""
+def check_int(value: object, name: str, minimum: int = 1, *, expected: str = "") -> int:
+    """An ``int`` (not a ``bool``) of at least ``minimum``; ``expected`` replaces "an int >= minimum" in messages."""
+    expected = expected or f"an int >= {minimum}"
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int >= {minimum}, got {type(value).__name__}")
+        raise TypeError(f"{name} must be {expected}, got {type(value).__name__}")
     if value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value}")
+        raise ValueError(f"{name} must be {expected}, got {value}")
     return int(value)
 
 
@@ -141,12 +142,8 @@ def check_dtype(dtype: object) -> "torch.dtype":  # noqa: F821 (torch is importe
 
 
 def check_positive_int(value: object, name: str) -> int:
-    """An ``int`` (not a ``bool``) ``>= 1``, with the message "must be a positive int"."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be a positive int, got {type(value).__name__}")
-    if value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value}")
-    return int(value)
+    """:func:`check_int` with ``minimum=1`` and the message "must be a positive int"."""
+    return check_int(value, name, expected="a positive int")
 
 
 def check_pair(x: object, y: object, x_name: str, y_name: str) -> tuple[Tensor, Tensor]:
