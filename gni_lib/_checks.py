@@ -225,3 +225,12 @@ def check_values(value: object, count: int, name: str, check: Callable[[object, 
     if len(value) != count:
         raise ValueError(f"{expected}, got a sequence of length {len(value)}")
     return [check(v, f"{name}[{i}]") for i, v in enumerate(value)]
+
+
+def check_fraction(value: object, name: str) -> float:
+    """A real number strictly between 0 and 1 (not a ``bool``)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number in (0, 1), got {type(value).__name__}")
+    if not 0 < value < 1:
+        raise ValueError(f"{name} must be a real number in (0, 1), got {value!r}")
+    return float(value)

@@ -1,30 +1,17 @@
 r"""Generated data sets and the toy problems the chapters share: nothing is downloaded.
 
 :func:`regression_1d` draws a small, noisy 1-D regression problem,
+:math:`x_i \sim \mathcal U[a, b)`, :math:`y_i = g(x_i) + s\, \eta_i`, on which a
+small tanh MLP with some twenty points fits the trend and also the noise, so that
+regularisation has something to do; :func:`grid_1d` gives points to plot a fit on.
 
-.. math::
-
-    x_i \sim \mathcal U[a, b), \qquad y_i = g(x_i) + s\, \eta_i, \quad \eta_i \sim \mathcal N(0, 1),
-
-on which a small tanh MLP fits the trend but, with some twenty points, also
-fits the noise, so that regularisation has something to do. :func:`grid_1d`
-gives evenly spaced points for evaluating and plotting a fitted curve, and
-:func:`regression_target` the noise-free :math:`g`.
-
-The problems of the later chapters, each with its loss (and, where it has a
-closed form, the trace of its Hessian, the quantity noise injection penalises):
-
-- the widening valley :math:`L(u, v) = \tfrac12 v^2 \lVert u \rVert^2` of Orvieto
-  et al. (2022), Thm. 3.1 (:func:`widening_valley_loss`);
-- quadratically parametrised sparse regression, :math:`\beta = w \odot w`
-  (:func:`quadratic_sparse_regression`, :func:`quadratic_regression_loss`);
-- diagonal linear networks, :math:`\beta = u \odot v`, with standardised features
-  (:func:`diagonal_linear_regression`, :func:`diagonal_network_loss`);
-- the sum of sines of Rahaman et al. (2019) with frequencies 5, 10, ..., 50
-  (:func:`sum_of_sines`);
-- scikit-learn's bundled digits and diabetes data with a fixed, seeded
-  train/test split and training-set standardisation (:func:`load_digits_split`,
-  :func:`load_diabetes_split`).
+The later chapters' problems, each with its loss and, where it has a closed form,
+the trace of its Hessian (the quantity noise injection penalises): the widening
+valley of Orvieto et al. (2022), Thm. 3.1; sparse regression with
+:math:`\beta = w \odot w` (Orvieto et al. 2022, Sec. 4) or :math:`\beta = u \odot v`
+(Orvieto et al. 2023); the sum of sines of Rahaman et al. (2019); and
+scikit-learn's bundled digits and diabetes sets and the generated MNIST-1D, with a
+seeded split and training-set standardisation.
 
 All are deterministic given ``seed``: a CPU generator draws in float64 in a
 documented order, and the result is then cast to ``dtype`` and moved to ``device``.
@@ -40,7 +27,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from ._checks import check_dtype, check_int, check_real, check_tensor
+from ._checks import check_choice, check_dtype, check_fraction, check_int, check_real, check_tensor
 from .seeding import make_generator
 
 __all__ = [
@@ -56,7 +43,6 @@ __all__ = [
     "quadratic_regression_hessian_trace",
     "diagonal_linear_regression",
     "diagonal_network_loss",
-    "diagonal_network_hessian_trace",
     "SumOfSines",
     "sum_of_sines",
     "Split",
@@ -75,24 +61,23 @@ def _sin_target(x: Tensor) -> Tensor:
 TARGETS: dict[str, Callable[[Tensor], Tensor]] = {"sin": _sin_target}
 
 
+def _is_finite_real(v: object) -> bool:
+    return not isinstance(v, bool) and isinstance(v, numbers.Real) and math.isfinite(v)
+
+
 def _check_range(x_range: object) -> tuple[float, float]:
-    message = "x_range must be a pair (a, b) of finite reals with a < b"
+    message = f"x_range must be a pair (a, b) of finite reals with a < b, got {x_range!r}"
     try:
         lo, hi = x_range  # type: ignore[misc]
     except (TypeError, ValueError):
-        raise ValueError(f"{message}, got {x_range!r}") from None
-    for v in (lo, hi):
-        if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v):
-            raise ValueError(f"{message}, got {x_range!r}")
-    if not lo < hi:
-        raise ValueError(f"{message}, got {x_range!r}")
+        raise ValueError(message) from None
+    if not (_is_finite_real(lo) and _is_finite_real(hi) and lo < hi):
+        raise ValueError(message)
     return float(lo), float(hi)
 
 
 def _check_target(target: object) -> Callable[[Tensor], Tensor]:
-    if not isinstance(target, str) or target not in TARGETS:
-        raise ValueError(f"target must be one of {tuple(TARGETS)}, got {target!r}")
-    return TARGETS[target]
+    return TARGETS[check_choice(target, "target", tuple(TARGETS))]
 
 
 def regression_target(x: Tensor, target: str = "sin") -> Tensor:
@@ -127,8 +112,10 @@ def regression_1d(
         x_i = a + (b - a)\, u_i, \quad u_i \sim \mathcal U[0, 1), \qquad
         y_i = g(x_i) + s\, \eta_i, \quad \eta_i \sim \mathcal N(0, 1),
 
-    for :math:`i = 1, \dots, n`, with :math:`(a, b)` = ``x_range``, :math:`s` =
-    ``noise_std`` (a standard deviation) and :math:`g` = ``TARGETS[target]``.
+    for :math:`i = 1, \dots, n \ge 1`, with :math:`(a, b)` = ``x_range`` (:math:`a < b`),
+    :math:`s` = ``noise_std`` :math:`\ge 0` (a standard deviation) and :math:`g` =
+    ``TARGETS[target]``; ``seed`` is a non-negative int, ``dtype`` a real floating
+    dtype, ``device`` ``None`` for the CPU.
 
     **Draw order.** A CPU :class:`torch.Generator` seeded with ``seed`` draws
     ``u = torch.rand((n, 1))`` and then ``eta = torch.randn((n, 1))``, both in
@@ -138,24 +125,13 @@ def regression_1d(
     points are not sorted, and lie in :math:`[a, b]` (:math:`b` itself only
     through rounding).
 
-    Args:
-        n: the number of points, :math:`n \ge 1`.
-        noise_std: :math:`s \ge 0`.
-        seed: a non-negative int.
-        x_range: :math:`(a, b)` with :math:`a < b`.
-        target: the name of :math:`g` in :data:`TARGETS` (``"sin"``:
-            :math:`g(x) = \sin(2.5x) + x/2`).
-        dtype: a real floating dtype.
-        device: where the tensors go; ``None`` means the CPU.
-
     Returns:
         tuple[Tensor, Tensor]: :math:`x` and :math:`y`, each of shape :math:`(n, 1)`.
 
     Raises:
         TypeError: if ``n``, ``seed`` or ``noise_std`` has the wrong type.
-        ValueError: if ``n < 1``, ``noise_std`` is negative or not finite,
-            ``seed`` is negative, ``x_range`` is not an increasing pair of finite
-            reals, ``target`` is unknown, or ``dtype`` is not a real floating dtype.
+        ValueError: if ``n < 1``, ``noise_std`` or ``seed`` is negative, ``noise_std`` is not
+            finite, or ``x_range``, ``target`` or ``dtype`` is bad.
     """
     n = check_int(n, "n")
     noise_std = check_real(noise_std, "noise_std")
@@ -183,19 +159,14 @@ def grid_1d(
 
         x_j = a + (b - a)\, \frac{j}{n - 1}, \qquad j = 0, \dots, n - 1.
 
-    Args:
-        n: the number of points, :math:`n \ge 2`.
-        x_range: :math:`(a, b)` with :math:`a < b`.
-        dtype: a real floating dtype.
-        device: where the tensor goes; ``None`` means the CPU.
+    Args, as :func:`regression_1d`, with :math:`n \ge 2`.
 
     Returns:
         Tensor: shape :math:`(n, 1)`.
 
     Raises:
         TypeError: if ``n`` is not an int.
-        ValueError: if ``n < 2``, ``x_range`` is not an increasing pair of finite
-            reals, or ``dtype`` is not a real floating dtype.
+        ValueError: if ``n < 2``, or ``x_range`` or ``dtype`` is bad.
     """
     n = check_int(n, "n", 2)
     lo, hi = _check_range(x_range)
@@ -203,11 +174,7 @@ def grid_1d(
     return _place((torch.linspace(lo, hi, n, dtype=torch.float64).unsqueeze(1),), dtype, device)[0]
 
 
-# =================================================================================================
-# Problems the chapters share: toy losses of Orvieto et al. (2022, 2023), the sum of sines of
-# Rahaman et al., and two bundled scikit-learn data sets. Everything is generated from a seed
-# with a CPU generator in float64 and then cast and moved, like regression_1d.
-# =================================================================================================
+# --- the later chapters' problems: generated like regression_1d ---------------------------------
 
 
 class SparseRegression(NamedTuple):
@@ -365,25 +332,19 @@ def quadratic_sparse_regression(
         \beta^\star_j = 1 \ (j \in S), \ 0 \text{ otherwise}, \quad |S| = k, \qquad
         y = x \beta^\star + s \eta, \quad \eta \sim \mathcal N(0, I_n).
 
-    Train it with :func:`quadratic_regression_loss`.
+    with :math:`n, d \ge 1`, :math:`0 \le k \le d` and :math:`s` = ``noise_std``
+    :math:`\ge 0` (0 gives an exact fit); ``seed``, ``dtype``, ``device`` as
+    :func:`regression_1d`. Train it with :func:`quadratic_regression_loss`.
 
     **Draw order.** A CPU generator seeded with ``seed`` draws ``x`` :math:`(n, d)`,
     then the support ``randperm(d)[:k]``, then :math:`\eta`, all in float64.
-
-    Args:
-        n, d: the numbers of observations and of features, :math:`\ge 1`.
-        k: the number of non-zero coefficients, :math:`0 \le k \le d`.
-        noise_std: :math:`s \ge 0` (a standard deviation); 0 gives an exact fit.
-        seed: a non-negative int.
-        dtype, device: where the tensors go (default float64 on the CPU).
 
     Returns:
         SparseRegression: ``x`` :math:`(n, d)`, ``y`` :math:`(n,)`, ``beta_star`` :math:`(d,)`.
 
     Raises:
         TypeError: if a size, ``seed`` or ``noise_std`` has the wrong type.
-        ValueError: if a size is out of range, ``noise_std`` is negative or not
-            finite, ``seed`` is negative or ``dtype`` is not a real floating dtype.
+        ValueError: if a size, ``noise_std``, ``seed`` or ``dtype`` is out of range.
     """
     return _sparse_problem(n, d, k, noise_std, seed, dtype, device, standardise=False)
 
@@ -497,7 +458,10 @@ def diagonal_network_loss(u: Tensor, v: Tensor, x: Tensor, y: Tensor) -> Tensor:
 
     .. math::
 
-        L(u, v) = \frac{1}{2n} \lVert x (u \odot v) - y \rVert^2 .
+        L(u, v) = \frac{1}{2n} \lVert x (u \odot v) - y \rVert^2 ,
+
+    whose Hessian trace :math:`\sum_j (x^\top x / n)_{jj} (u_j^2 + v_j^2)` lecture 16
+    (``book/16-perturbed-gradients.md``) derives.
 
     Shapes:
         ``u``, ``v`` :math:`(d,)`, ``x`` :math:`(n, d)`, ``y`` :math:`(n,)`; a scalar out.
@@ -509,30 +473,6 @@ def diagonal_network_loss(u: Tensor, v: Tensor, x: Tensor, y: Tensor) -> Tensor:
     u, v = _check_factors(u, v)
     x, y = _check_regression(x, y, u.shape[0], "u")
     return (x @ (u * v) - y).pow(2).sum() / (2 * x.shape[0])
-
-
-def diagonal_network_hessian_trace(u: Tensor, v: Tensor, x: Tensor) -> Tensor:
-    r"""The trace of the Hessian of :func:`diagonal_network_loss`: :math:`\sum_j G_{jj} (u_j^2 + v_j^2)`.
-
-    :math:`G = x^\top x / n`. The residual enters only the off-diagonal blocks, so
-    the trace does not depend on :math:`y`. For :math:`\xi \sim \mathcal N(0,
-    \sigma^2 I_{2d})`, exactly, :math:`\mathbb E\, L(u + \xi_u, v + \xi_v) = L +
-    \tfrac{\sigma^2}{2} \operatorname{Tr} \nabla^2 L + \tfrac{\sigma^4}{2} \sum_j G_{jj}`;
-    with standardised features and :math:`|u_j| = |v_j|` the middle term is
-    :math:`\sigma^2 \lVert \beta \rVert_1`.
-
-    Shapes:
-        ``u``, ``v`` :math:`(d,)`, ``x`` :math:`(n, d)`; a scalar out.
-
-    Raises:
-        TypeError, ValueError: as :func:`diagonal_network_loss`.
-    """
-    u, v = _check_factors(u, v)
-    x = _check_tensor(x, "x")
-    if x.ndim != 2 or x.shape[1] != u.shape[0]:
-        raise ValueError(f"x must have shape (n, d) with d = {u.shape[0]}, got {tuple(x.shape)}")
-    diagonal = x.pow(2).sum(dim=0) / x.shape[0]
-    return (diagonal * (u.pow(2) + v.pow(2))).sum()
 
 
 # --- sum of sines (Rahaman et al. 2019, as in Camuto et al. 2020, Figs. 4-5) ---------------------
@@ -555,19 +495,14 @@ def sum_of_sines(
         f(x) = \sum_{k=1}^{K} A_k \sin(2\pi f_k x + \varphi_k), \quad
         \varphi_k \sim \mathcal U[0, 2\pi),
 
-    with by default :math:`N = 200` points on :math:`[0, 1)`, frequencies
-    :math:`f_k = 5, 10, \dots, 50` and unit amplitudes, as in the code of Camuto et
-    al. (2020) for their Figs. 4 and 5. On this grid frequency :math:`f_k` is FFT
-    bin :math:`f_k` exactly (for :math:`f_k < N / 2`).
+    with by default :math:`N` = ``n`` :math:`= 200` points on :math:`[0, 1)`, :math:`K \ge 1`
+    frequencies :math:`f_k = 5, 10, \dots, 50` and unit amplitudes (``amplitudes=None``),
+    as in the code of Camuto et al. (2020) for their Figs. 4 and 5. On this grid
+    frequency :math:`f_k` is FFT bin :math:`f_k` exactly (for :math:`f_k < N / 2`).
+    ``seed``, ``dtype``, ``device`` as :func:`regression_1d`.
 
     **Draw order.** A CPU generator seeded with ``seed`` draws the phases
     ``2 * pi * torch.rand(K)`` in float64; nothing else is random.
-
-    Args:
-        n: :math:`N \ge 2`.
-        frequencies: :math:`K \ge 1` finite reals.
-        amplitudes: :math:`K` finite reals; ``None`` means all ones.
-        seed, dtype, device: as :func:`regression_1d`.
 
     Returns:
         SumOfSines: ``x`` and ``y`` of shape :math:`(N, 1)`, and the frequencies,
@@ -602,11 +537,9 @@ def sum_of_sines(
 def _check_reals(values: object, name: str) -> list[float]:
     if isinstance(values, Tensor):
         values = values.tolist()
-    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or len(values) == 0:
+    if (isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or len(values) == 0
+            or not all(_is_finite_real(v) for v in values)):
         raise ValueError(f"{name} must be a non-empty sequence of finite reals, got {values!r}")
-    for v in values:
-        if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v):
-            raise ValueError(f"{name} must be a non-empty sequence of finite reals, got {values!r}")
     return [float(v) for v in values]
 
 
@@ -614,13 +547,10 @@ def _check_reals(values: object, name: str) -> list[float]:
 
 
 def _check_split_args(test_fraction: object, seed: object, dtype: object) -> tuple[float, torch.dtype]:
-    if isinstance(test_fraction, bool) or not isinstance(test_fraction, numbers.Real):
-        raise TypeError(f"test_fraction must be a real number in (0, 1), got {type(test_fraction).__name__}")
-    if not 0 < test_fraction < 1:
-        raise ValueError(f"test_fraction must be a real number in (0, 1), got {test_fraction!r}")
+    test_fraction = check_fraction(test_fraction, "test_fraction")
     dtype = check_dtype(dtype)
     make_generator(seed, device="cpu")  # validates seed before any work
-    return float(test_fraction), dtype
+    return test_fraction, dtype
 
 
 def _split_and_standardise(x: Tensor, y: Tensor, test_fraction: float, seed: int, dtype: torch.dtype,
@@ -661,10 +591,8 @@ def load_digits_split(
     and applied to both sets; pixels that are constant on the training set
     (always 0 at the border) are only centred.
 
-    Args:
-        test_fraction: in :math:`(0, 1)`.
-        seed: a non-negative int; the same seed gives the same split.
-        dtype, device: for the inputs (the labels are int64 on ``device``).
+    ``test_fraction`` is in :math:`(0, 1)`; ``seed``, a non-negative int, fixes the
+    split; ``dtype`` is for the inputs (the labels are int64 on ``device``).
 
     Returns:
         Split: ``x_train`` :math:`(n_\text{train}, 64)`, ``y_train``
@@ -733,17 +661,12 @@ def load_mnist1d_split(
     package's defaults, its own seed included, so ``samples`` fixes the data
     set; ``seed`` only chooses the split.
 
-    **Split and standardisation** as :func:`load_digits_split`: a permutation
-    from a CPU generator seeded with ``seed``, the first
-    :math:`\operatorname{round}(n \cdot` ``test_fraction``:math:`)` examples
-    are the test set; each of the 40 features is standardised with the training
-    set's mean and population standard deviation. Python's and NumPy's global
-    random states, which the package reseeds, are restored afterwards.
+    **Split and standardisation** as :func:`load_digits_split`, on the 40 features.
+    Python's and NumPy's global random states, which the package reseeds, are
+    restored afterwards.
 
-    Args:
-        samples: examples in all, an int :math:`\ge 10` (the package draws
-            ``samples // 10`` of each class).
-        test_fraction, seed, dtype, device: as :func:`load_digits_split`.
+    ``samples`` is the number of examples in all, an int :math:`\ge 10` (the package
+    draws ``samples // 10`` of each class); the other arguments as :func:`load_digits_split`.
 
     Returns:
         Split: as :func:`load_digits_split`, with 40 features.
