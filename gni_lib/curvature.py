@@ -1,63 +1,41 @@
 r"""The trace of the parameter Hessian of the loss, :math:`\operatorname{Tr} \nabla^2_\theta L`.
 
-A proxy for how sharp the minimum a network sits in is (Camuto et al. 2020,
-Fig. 3), and the regulariser that anticorrelated and perturbed gradient descent
-add, :math:`\tfrac{\sigma^2}{2} \operatorname{Tr} \nabla^2_\theta L` (Orvieto et
-al. 2022, 2023). :func:`hessian_trace` computes it three ways:
+A proxy for the sharpness of a minimum (Camuto et al. 2020, Fig. 3) and the
+regulariser :math:`\tfrac{\sigma^2}{2} \operatorname{Tr} \nabla^2_\theta L` that
+anticorrelated and perturbed gradient descent add (Orvieto et al. 2022, 2023);
+used in lecture 15 (book/15-anti-pgd-sparse-regression.md).
+:func:`hessian_trace` computes it exactly, as a Gauss-Newton trace, or by
+Hutchinson; on a plain MLP (:func:`gni_lib.models.mlp_structure`) without forming
+the :math:`P \times P` Hessian, on the MLP core of :mod:`gni_lib.models`.
 
-- ``"exact"``: the exact trace. For a plain MLP (:func:`gni_lib.models.mlp_structure`,
-  e.g. :func:`gni_lib.models.MLP`) it uses the layer structure, below, and never
-  forms the :math:`P \times P` Hessian. Other models fall back to :math:`P`
-  Hessian-vector products with the one-hot basis, vectorised in chunks, which
-  is exact but meant for small models only.
-- ``"ggn"``: the trace of the generalised Gauss-Newton matrix
-  :math:`\frac1B \sum_b J_{\theta,b}^\top H_{L,b} J_{\theta,b}`, with
-  :math:`H_{L,b} = \nabla^2_{\hat y} \ell_b` the Hessian of the loss in the network
-  output: the Hessian without its network-curvature term :math:`\frac1B \sum_b
-  \sum_i (\partial_{\hat y_i} \ell_b)\, \nabla^2_\theta \hat y_{b,i}`. It is
-  positive semi-definite whenever the loss is convex in the output (both losses
-  here: :math:`H_L = I` for MSE, :math:`\operatorname{diag}(p) - pp^\top` for
-  cross-entropy), while the dropped term is indefinite.
-- ``"hutchinson"``: :math:`\frac1n \sum_{p=1}^n v_p^\top \nabla^2_\theta L\, v_p` over
-  :math:`n` Rademacher probes :math:`v_p`, with its standard error. The parameter
-  Hessian of a network is indefinite and this estimator is poor (tens of per cent
-  relative error at 100 probes on a 340k-parameter MLP); prefer ``"exact"``.
-
-**The exact trace of an MLP.** Write layer :math:`m` as
-:math:`z_m = W_m a_{m-1} + b_m`, :math:`a_m = \phi_m(z_m)` (:math:`\phi_M` the
-identity unless the network ends in an activation), :math:`L = \frac1B \sum_b
-\ell(a_{M,b}, y_b)`. Since examples do not interact,
-:math:`\partial^2 L / \partial W_{m,ij}^2 = \sum_b (H_{z_m,b})_{ii}\, a_{m-1,b,j}^2`,
-where :math:`H_{z_m,b} = \partial^2 L / \partial z_{m,b}^2`, so
+**The exact trace of an MLP.** With :math:`z_m = W_m a_{m-1} + b_m`,
+:math:`a_m = \phi_m(z_m)` and examples that do not interact,
+:math:`\partial^2 L / \partial W_{m,ij}^2 = \sum_b (H_{z_m,b})_{ii}\, a_{m-1,b,j}^2`, so
 
 .. math::
 
     \operatorname{Tr} \nabla^2_\theta L = \sum_m \sum_b
         \bigl(\lVert a_{m-1,b} \rVert^2 + 1_{\text{bias}}\bigr) \operatorname{Tr} H_{z_m,b},
 
-and the per-example :math:`H_{z_m}` obey the backward recursion
+with the per-example Hessians :math:`H_{z_m} = \partial^2 L / \partial z_m^2` from
+the backward recursion
 
 .. math::
 
     H_{a_M} = \nabla^2_{a_M} L, \qquad
     H_{z_m} = \operatorname{diag}(\phi_m') H_{a_m} \operatorname{diag}(\phi_m')
         + \operatorname{diag}\Bigl(\frac{\partial L}{\partial a_m} \odot \phi_m''\Bigr),
-    \qquad H_{a_{m-1}} = W_m^\top H_{z_m} W_m .
+    \qquad H_{a_{m-1}} = W_m^\top H_{z_m} W_m :
 
-The cost is about two :math:`d \times d \times d` matrix products per example
-and hidden layer (a few tenths of a GFLOP for the book's 6×256 MLP at batch 32),
-all batched; the diagonal-only last step saves one of them. The forward pass and
-the back-propagation are the MLP core's (:func:`gni_lib.models.mlp_forward`,
-:func:`gni_lib.models.mlp_backward`). The Gauss-Newton part drops the
-:math:`\phi''` terms, and then the recursion factorises:
+about two :math:`d \times d \times d` products per example and hidden layer, batched.
+The Gauss-Newton trace drops the :math:`\phi''` terms; then
 :math:`H_{z_m}^{\mathrm{GGN}} = U_m^\top U_m` with :math:`U_m` the :math:`d_L`
-output-basis vector-Jacobian products (times the root of :math:`H_L`), so
-``"ggn"`` costs about as much as :math:`R`.
+output-basis vector-Jacobian products times the root of :math:`H_L`, at about the cost of :math:`R`.
 
 **Hutchinson on an MLP.** :math:`v^\top \nabla^2_\theta L\, v = \frac{d^2}{dt^2}
-L(\theta + t v)\big|_{t=0}`, so a forward pass that carries the first and second
-:math:`t`-derivatives (dots) along the probe gives it without any graph. With
-:math:`V_m, u_m` the parts of :math:`v` on :math:`W_m, b_m`,
+L(\theta + t v)\big|_{t=0}` comes from a forward pass that carries the first and
+second :math:`t`-derivatives along the probe (:math:`V_m, u_m` the parts of :math:`v`
+on :math:`W_m, b_m`; :math:`\dot a_0 = \ddot a_0 = 0`):
 
 .. math::
 
@@ -66,12 +44,10 @@ L(\theta + t v)\big|_{t=0}`, so a forward pass that carries the first and second
     \dot a_m = \phi_m' \odot \dot z_m, \qquad
     \ddot a_m = \phi_m' \odot \ddot z_m + \phi_m'' \odot \dot z_m^2,
 
-from :math:`\dot a_0 = \ddot a_0 = 0`, and :math:`v^\top \nabla^2_\theta L\, v =
-\sum_b \dot a_{M,b}^\top H_{a_M,b}\, \dot a_{M,b} + \frac{\partial L}{\partial a_{M,b}}
-\cdot \ddot a_{M,b}`: four matrix products per layer and probe, batched over a chunk
-of probes, with no autograd.
+and :math:`v^\top \nabla^2_\theta L\, v = \sum_b \dot a_{M,b}^\top H_{a_M,b}\, \dot a_{M,b}
++ \frac{\partial L}{\partial a_{M,b}} \cdot \ddot a_{M,b}`: four matrix products per
+layer and probe, a chunk of probes at once, no autograd.
 """
-
 from __future__ import annotations
 
 import math
@@ -113,14 +89,10 @@ def _output_derivatives(output: Tensor, y: Tensor, loss: str) -> tuple[Tensor, T
     return grad, root / math.sqrt(batch)
 
 
-def _mlp_pass(model: nn.Module, structure: MLPStructure, x: Tensor, second: bool):
-    r"""The clean pass, the weights :math:`W_m` and :math:`\lVert a_{m-1,b} \rVert^2 + 1_{\text{bias}}`
-    (B,) per layer. Detached, with grad mode on: the forward-mode :math:`\phi''` of some
-    activations (SiLU, Mish) fails under ``torch.no_grad()``."""
-    params = {name: p.detach() for name, p in model.named_parameters()}
-    with torch.enable_grad():
-        net = mlp_forward(structure, x.detach(), params, second=second)
-    weights = mlp_weights(structure, params)
+def _mlp_pass(structure: MLPStructure, x: Tensor, second: bool):
+    r"""The clean pass, the weights :math:`W_m` and :math:`\lVert a_{m-1,b} \rVert^2 + 1_{\text{bias}}` (B,) per layer."""
+    net = mlp_forward(structure, x, second=second)
+    weights = mlp_weights(structure)
     norms = [a.pow(2).sum(dim=1) + float(b is not None) for a, (_, b) in zip(net.inputs, weights)]
     return net, [w for w, _ in weights], norms
 
@@ -131,8 +103,8 @@ def _only_linear_parameters(model: nn.Module, structure: MLPStructure) -> bool:
     return names == {name for name, _ in model.named_parameters()}
 
 
-def _exact_trace_mlp(model: nn.Module, structure: MLPStructure, x: Tensor, y: Tensor, loss: str) -> Tensor:
-    net, weights, norms = _mlp_pass(model, structure, x, second=True)
+def _exact_trace_mlp(structure: MLPStructure, x: Tensor, y: Tensor, loss: str) -> Tensor:
+    net, weights, norms = _mlp_pass(structure, x, second=True)
     grad_out, root = _output_derivatives(net.output, y, loss)
     # dL/da_m by ordinary back-propagation, then the residuals dL/da_m * phi_m''.
     grads_a = mlp_backward(weights, net.first, grad_out.unsqueeze(1), stop=1)[1:] + [grad_out.unsqueeze(1)]
@@ -166,8 +138,8 @@ def _exact_trace_mlp(model: nn.Module, structure: MLPStructure, x: Tensor, y: Te
     return total
 
 
-def _ggn_trace_mlp(model: nn.Module, structure: MLPStructure, x: Tensor, y: Tensor, loss: str) -> Tensor:
-    net, weights, norms = _mlp_pass(model, structure, x, second=False)
+def _ggn_trace_mlp(structure: MLPStructure, x: Tensor, y: Tensor, loss: str) -> Tensor:
+    net, weights, norms = _mlp_pass(structure, x, second=False)
     _, root = _output_derivatives(net.output, y, loss)
     u = root.transpose(1, 2)  # rows: S^T, the cotangents on a_M, (B, d_L, d_L)
     grads_a = mlp_backward(weights, net.first, u, stop=1)[1:] + [u]  # S^T d a_M / d a_m
@@ -238,7 +210,7 @@ def _probe_chunks(count: int, probes: int, generator, like: Tensor):
 
 def _hutchinson_mlp(model, structure: MLPStructure, x: Tensor, y: Tensor, loss: str, chunks) -> Tensor:
     """v^T H v for each probe, by the second-order forward pass (module docstring)."""
-    net, weights, _ = _mlp_pass(model, structure, x, second=True)
+    net, weights, _ = _mlp_pass(structure, x, second=True)
     grad_out, root = _output_derivatives(net.output, y, loss)
     offsets, start = {}, 0
     for name, p in model.named_parameters():
@@ -290,36 +262,32 @@ def hessian_trace(
             \frac{\partial^2 L}{\partial \theta_j^2}, \qquad
         L = \frac1B \sum_{b=1}^B \ell(h_L(x_b), y_b),
 
-    at the clean network (noise sites off), over every parameter of ``model``
-    (``model.parameters()``). This is the quantity of Camuto et al. (2020),
-    Fig. 3(b), and the regulariser :math:`\tfrac{\sigma^2}{2}\operatorname{Tr}\nabla^2 L`
-    of Orvieto et al. (2022, 2023).
+    at the clean network (noise sites off), over ``model.parameters()``: the
+    quantity of Camuto et al. (2020), Fig. 3(b), and of Orvieto et al. (2022, 2023).
+    The examples must not interact (no batch normalisation in training mode).
+    The result carries no graph.
 
     ``method``:
 
-    - ``"exact"``: exact. Plain MLPs (see :mod:`gni_lib.curvature`) use the
-      layer-wise backward recursion for the per-example Hessians with respect
-      to each layer's pre-activations, without forming the parameter Hessian;
-      any other model costs :math:`P` vectorised Hessian-vector products.
-      Standard error 0.
+    - ``"exact"``: plain MLPs by the layer-wise recursion of the module docstring;
+      any other model by :math:`P` vectorised Hessian-vector products with the
+      one-hot basis (small models only). Standard error 0.
     - ``"ggn"``: the Gauss-Newton trace
       :math:`\frac1B \sum_b \operatorname{Tr}(J_{\theta,b}^\top H_{L,b} J_{\theta,b})`,
-      :math:`J_{\theta,b} = \partial h_L(x_b) / \partial \theta`; the exact trace
-      minus the terms with second derivatives of the network. Standard error 0.
+      :math:`J_{\theta,b} = \partial h_L(x_b) / \partial \theta`: the exact trace
+      without the terms with second derivatives of the network. It is positive
+      semi-definite for both losses (:math:`H_L = I` or
+      :math:`\operatorname{diag}(p) - pp^\top`). Standard error 0.
     - ``"hutchinson"``: the mean of :math:`v^\top \nabla^2_\theta L\, v` over
-      ``probes`` Rademacher vectors, and its standard error
-      :math:`\operatorname{std}/\sqrt{\text{probes}}`. A fixed number of probes,
-      never a tolerance. For a plain MLP whose linear layers hold every parameter,
-      each :math:`v^\top \nabla^2_\theta L\, v` is the second derivative of
-      :math:`L(\theta + t v)` by a second-order forward pass, a chunk of probes at once;
-      otherwise one double back-propagation per probe through a single graph of
-      the gradient. Probes are drawn in
-      chunks of ``PROBES_PER_CHUNK``: for each chunk of :math:`n`, one
+      ``probes`` Rademacher vectors, standard error :math:`\operatorname{std}/\sqrt{\text{probes}}`
+      (a fixed probe count, never a tolerance). On a plain MLP whose linear layers hold
+      every parameter, the second-order forward pass of the module docstring;
+      otherwise one double back-propagation per probe. The parameter Hessian is
+      indefinite and the estimate is poor (tens of per cent at 100 probes on a
+      340k-parameter MLP): prefer ``"exact"``. Draw order: per chunk of
+      :math:`n \le` ``PROBES_PER_CHUNK`` probes,
       ``2 * torch.randint(0, 2, (n, P), generator=generator) - 1`` over the
       parameters flattened in ``model.named_parameters()`` order.
-
-    The examples must not interact (no batch normalisation in training mode).
-    The result carries no graph.
 
     Args:
         model: an ``nn.Module`` with ``GaussianNoise`` sites.
@@ -337,10 +305,8 @@ def hessian_trace(
 
     Raises:
         TypeError: if an argument has the wrong type.
-        ValueError: for an unknown ``loss`` or ``method``; ``probes < 1`` (or
-            ``< 2`` for ``"hutchinson"``); a model with no noise sites; ``x`` or
-            ``y`` of the wrong shape, dtype or range, or not finite; a generator on
-            another device type.
+        ValueError: for an unknown ``loss`` or ``method``, too few ``probes``, a model
+            with no noise sites, bad ``x`` or ``y``, or a generator on another device type.
     """
     check_model(model)
     loss = check_choice(loss, "loss", tuple(LOSSES))
@@ -365,9 +331,9 @@ def hessian_trace(
                 values = _hutchinson_generic(loss_of, theta, chunks)
             return values.mean(), values.std(correction=1) / math.sqrt(probes)
         if method == "exact" and structure is not None:
-            return _exact_trace_mlp(model, structure, x, y, loss), zero
+            return _exact_trace_mlp(structure, x, y, loss), zero
         if method == "ggn" and structure is not None:
-            return _ggn_trace_mlp(model, structure, x, y, loss), zero
+            return _ggn_trace_mlp(structure, x, y, loss), zero
         loss_of, outputs, theta = _flat_loss(model, x, y, loss)
         if method == "exact":
             return _exact_trace_generic(loss_of, theta), zero
