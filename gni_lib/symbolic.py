@@ -1,11 +1,11 @@
 r"""SymPy helpers for deriving noise-injection results by computer algebra.
 
-The chapters derive their results the way the papers did by hand, in three
-steps: Taylor-expand the noisy quantity in the noise, take its Gaussian
-expectation monomial by monomial, and drop the terms of high order in
-:math:`\sigma`. For example, Bishop (1995) expands, for the plain squared error,
-:math:`\mathbb{E}[(f(x + \varepsilon) - y)^2]` for
-:math:`\varepsilon \sim \mathcal{N}(0, \sigma^2)`:
+Three steps, as the papers take them by hand: Taylor-expand the noisy quantity
+in the noise, take its Gaussian expectation monomial by monomial, and drop the
+terms of high order in :math:`\sigma`. Bishop's (1995) expansion of
+:math:`\mathbb{E}[(f(x + \varepsilon) - y)^2]`,
+:math:`\varepsilon \sim \mathcal{N}(0, \sigma^2)`, derived in lecture 01
+(``book/01-bishop-expansion.md``):
 
 .. code-block:: python
 
@@ -15,8 +15,8 @@ expectation monomial by monomial, and drop the terms of high order in
     risk = truncate(gaussian_expectation(loss, {eps: sigma}), sigma, 2)
     # (f(x) - y)**2 + sigma**2 * (f'(x)**2 + (f(x) - y) * f''(x))
 
-Expressions may hold undefined functions (``Function("f")``); their
-derivatives come back as ``Derivative(f(x), x)`` objects.
+Expressions may hold undefined functions; their derivatives come back as
+``Derivative(f(x), x)``.
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ import math
 from collections.abc import Mapping, Sequence
 
 import sympy
+
+from ._checks import check_int
 
 __all__ = ["taylor_polynomial", "gaussian_moment", "gaussian_expectation", "truncate"]
 
@@ -43,11 +45,7 @@ def _check_expr(expr: object, name: str = "expr") -> sympy.Expr:
 
 
 def _check_order(order: object, name: str) -> int:
-    if isinstance(order, bool) or not isinstance(order, int):
-        raise TypeError(f"{name} must be a non-negative int, got {type(order).__name__}")
-    if order < 0:
-        raise ValueError(f"{name} must be a non-negative int, got {order}")
-    return order
+    return check_int(order, name, 0, expected="a non-negative int")
 
 
 def _check_symbols(symbols: object, name: str) -> list[sympy.Symbol]:
@@ -90,31 +88,25 @@ def taylor_polynomial(
             \frac{\partial^\alpha g(a)}{\alpha!} (v - a)^\alpha,
 
     with multi-indices :math:`\alpha \in \mathbb{N}^n`,
-    :math:`\alpha! = \prod_i \alpha_i!` and
-    :math:`(v - a)^\alpha = \prod_i (v_i - a_i)^{\alpha_i}`. This is the
-    expansion of the noisy loss in the noise, as in Bishop (1995).
+    :math:`\alpha! = \prod_i \alpha_i!`, :math:`(v - a)^\alpha = \prod_i (v_i - a_i)^{\alpha_i}`:
+    the expansion of the noisy loss in the noise (Bishop 1995).
 
-    Each derivative is taken from one of order one lower, so the cost grows
-    with the number of multi-indices, :math:`\binom{n + K}{K}`. Derivatives of
-    undefined functions come back as ``Derivative(f(x), x)``: the ``Subs``
-    objects that substitution leaves are evaluated with ``.doit()``. A ``Subs``
-    remains only where a derivative is taken in a variable that is itself an
-    argument, as in ``f(eps)`` expanded at ``eps = 0``.
+    Each derivative is taken from one of order one lower, so the cost grows with
+    the number of multi-indices, :math:`\binom{n + K}{K}`. A ``Subs`` remains only
+    where a derivative is taken in a variable that is itself an argument, as in
+    ``f(eps)`` expanded at ``eps = 0``.
 
     Args:
         expr: a scalar sympy expression.
         variables: the :math:`n` distinct Symbols :math:`v` to expand in.
         order: the total degree :math:`K \ge 0`.
-        point: the :math:`n` expressions :math:`a` to expand about; zeros by
-            default.
+        point: the :math:`n` expressions :math:`a` to expand about; zeros by default.
 
     Returns:
         The polynomial in ``variables`` (not expanded).
 
     Raises:
-        TypeError: if ``expr`` is not a sympy expression, ``variables`` is not a
-            sequence of Symbols, ``order`` is not an int, or ``point`` is not a
-            sequence.
+        TypeError: if ``expr``, ``variables``, ``order`` or ``point`` has the wrong type.
         ValueError: if ``variables`` is empty or repeats a symbol, ``order`` is
             negative, or ``point`` has another length than ``variables``.
     """
@@ -176,11 +168,8 @@ def gaussian_moment(power: int, sigma: sympy.Expr) -> sympy.Expr:
         \begin{cases} \sigma^p \, (p - 1)!! & p \text{ even}, \\
                       0 & p \text{ odd}, \end{cases}
 
-    so :math:`\mathbb{E}[z^2] = \sigma^2`, :math:`\mathbb{E}[z^4] = 3\sigma^4`.
-
-    Args:
-        power: the non-negative int :math:`p`.
-        sigma: the standard deviation, a sympy expression or number.
+    so :math:`\mathbb{E}[z^2] = \sigma^2`, :math:`\mathbb{E}[z^4] = 3\sigma^4`;
+    ``power`` is :math:`p \ge 0`, ``sigma`` a sympy expression or number.
 
     Raises:
         TypeError: if ``power`` is not an int or ``sigma`` not an expression.
@@ -193,30 +182,19 @@ def gaussian_moment(power: int, sigma: sympy.Expr) -> sympy.Expr:
     return sigma**power * sympy.factorial2(power - 1)
 
 
-def _isserlis(exponents: tuple[int, ...], covariance: sympy.Matrix, cache: dict) -> sympy.Expr:
-    r"""E[prod_i z_i^{k_i}] for z ~ N(0, C), by Isserlis' recursion.
-
-    Pair one copy of the first z_i present with each remaining copy of each z_j:
-    E[z^k] = sum_j C_ij m_j E[z^{k - e_i - e_j}], m_j = k_j - [i = j].
-    """
-    if exponents in cache:
-        return cache[exponents]
-    if sum(exponents) % 2:
-        value = sympy.S.Zero
-    elif not any(exponents):
-        value = sympy.S.One
-    else:
-        i = next(index for index, k in enumerate(exponents) if k)
-        rest = list(exponents)
-        rest[i] -= 1
-        value = sympy.S.Zero
-        for j, copies in enumerate(rest):
-            if copies and covariance[i, j] != 0:
-                lower = list(rest)
-                lower[j] -= 1
-                value += copies * covariance[i, j] * _isserlis(tuple(lower), covariance, cache)
-    cache[exponents] = value
-    return value
+def _isserlis(k: tuple[int, ...], covariance: sympy.Matrix, cache: dict) -> sympy.Expr:
+    r"""E[z^k], z ~ N(0, C), pairing one z_i (first i with k_i > 0) with the other copies m_j = k_j - [i = j]:
+    E[z^k] = sum_j C_ij m_j E[z^{k - e_i - e_j}]."""
+    if sum(k) % 2 or not any(k):
+        return sympy.S.Zero if sum(k) % 2 else sympy.S.One
+    if k not in cache:
+        i = next(index for index, k_i in enumerate(k) if k_i)
+        m = k[:i] + (k[i] - 1,) + k[i + 1 :]
+        cache[k] = sympy.Add(*(
+            m_j * covariance[i, j] * _isserlis(m[:j] + (m_j - 1,) + m[j + 1 :], covariance, cache)
+            for j, m_j in enumerate(m) if m_j and covariance[i, j] != 0
+        ))
+    return cache[k]
 
 
 def gaussian_expectation(
@@ -226,15 +204,13 @@ def gaussian_expectation(
 ) -> sympy.Expr:
     r"""Expectation of a polynomial in zero-mean Gaussian noise.
 
-    Write ``expr`` as :math:`\sum_\alpha c_\alpha z^\alpha` with coefficients
-    :math:`c_\alpha` free of the noise :math:`z`; they may hold other symbols
-    and functions, such as ``Derivative(f(x), x)``. Then
+    With ``expr`` :math:`= \sum_\alpha c_\alpha z^\alpha`, coefficients :math:`c_\alpha`
+    free of the noise :math:`z` (they may hold other symbols and ``Derivative(f(x), x)``),
     :math:`\mathbb{E}[\text{expr}] = \sum_\alpha c_\alpha \, \mathbb{E}[z^\alpha]`.
 
-    *Independent noise* (``covariance=None``): ``noise`` maps each
-    :math:`z_i` to its standard deviation :math:`\sigma_i`, and
-    :math:`\mathbb{E}[z^\alpha] = \prod_i \mathbb{E}[z_i^{\alpha_i}]`, with the
-    moments of :func:`gaussian_moment`.
+    *Independent noise* (``covariance=None``): ``noise`` maps each :math:`z_i` to its
+    standard deviation :math:`\sigma_i`, and :math:`\mathbb{E}[z^\alpha] = \prod_i
+    \mathbb{E}[z_i^{\alpha_i}]` (:func:`gaussian_moment`).
 
     *Correlated noise*: ``noise`` lists :math:`z_1, \dots, z_n` and
     :math:`z \sim \mathcal{N}(0, C)`. By Isserlis' theorem (Wick's rule),
@@ -251,21 +227,19 @@ def gaussian_expectation(
         expr: a sympy expression, polynomial in the noise symbols.
         noise: a mapping ``{z_i: sigma_i}`` (independent case) or a sequence of
             the :math:`n` noise Symbols (with ``covariance``).
-        covariance: ``None``, or the symmetric :math:`n \times n` covariance
-            :math:`C`, a sympy Matrix or nested list.
+        covariance: ``None``, or the symmetric :math:`n \times n` :math:`C`, a sympy
+            Matrix or nested list.
 
     Returns:
         The expectation, a sum of coefficient times moment (not simplified).
 
     Raises:
-        TypeError: if ``expr`` is not an expression; if ``noise`` is not a
-            mapping (without ``covariance``) or not a sequence (with it), or its
-            keys or entries are not Symbols; if ``covariance`` is not a matrix.
-        ValueError: if ``noise`` is empty or repeats a symbol, a standard
-            deviation is a negative number or holds a noise symbol,
-            ``covariance`` is not :math:`n \times n`, not symmetric or has a
-            negative number on its diagonal, or ``expr`` is not a polynomial in
-            the noise symbols (``exp(z)``, ``1/z``, ``f(x + z)``).
+        TypeError: if ``expr``, ``noise`` (a mapping without ``covariance``, a
+            sequence with it, of Symbols) or ``covariance`` has the wrong type.
+        ValueError: if ``noise`` is empty or repeats a symbol, a standard deviation
+            is negative or holds a noise symbol, ``covariance`` is not a symmetric
+            :math:`n \times n` matrix with non-negative diagonal free of the noise,
+            or ``expr`` is not a polynomial in the noise (``exp(z)``, ``1/z``, ``f(x + z)``).
     """
     expr = _check_expr(expr)
     if covariance is None:
@@ -279,15 +253,9 @@ def gaussian_expectation(
         for s, sigma in zip(symbols, sigmas):
             if sigma.has(*symbols):
                 raise ValueError(f"noise[{s}] must not depend on the noise symbols, got {sigma}")
-        moments = [{} for _ in symbols]
 
         def moment(alpha: tuple[int, ...]) -> sympy.Expr:
-            factors = []
-            for i, k in enumerate(alpha):
-                if k not in moments[i]:
-                    moments[i][k] = gaussian_moment(k, sigmas[i])
-                factors.append(moments[i][k])
-            return sympy.Mul(*factors)
+            return sympy.Mul(*(gaussian_moment(k, sigma) for k, sigma in zip(alpha, sigmas)))
 
     else:
         if isinstance(noise, Mapping):
@@ -332,20 +300,15 @@ def truncate(expr: sympy.Expr, symbol: sympy.Symbol, order: int) -> sympy.Expr:
 
         \sum_{k \ge 0} c_k s^k \;\mapsto\; \sum_{k \le K} c_k s^k,
 
-    that is, drop :math:`O(s^{K+1})`, for example the :math:`O(\sigma^4)` terms
-    of Bishop's (1995) expansion with ``truncate(risk, sigma, 2)``.
-
-    Args:
-        expr: a sympy expression, polynomial in ``symbol``.
-        symbol: the Symbol :math:`s`.
-        order: the highest degree :math:`K \ge 0` to keep.
+    that is, drop :math:`O(s^{K+1})`: ``truncate(risk, sigma, 2)`` drops the
+    :math:`O(\sigma^4)` terms of Bishop's (1995) expansion. ``expr`` must be a
+    polynomial in the Symbol ``symbol``; ``order`` is :math:`K \ge 0`.
 
     Returns:
         The expanded, truncated polynomial.
 
     Raises:
-        TypeError: if ``expr`` is not an expression, ``symbol`` not a Symbol,
-            or ``order`` not an int.
+        TypeError: if ``expr``, ``symbol`` or ``order`` has the wrong type.
         ValueError: if ``order`` is negative or ``expr`` is not a polynomial in
             ``symbol`` (``1/s``, ``sqrt(s)``, ``exp(s)``).
     """
