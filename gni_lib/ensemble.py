@@ -1,28 +1,23 @@
 r"""Many seeds at once: train :math:`M` copies of a network side by side.
 
-Every figure of chapters 04, 07, 08 and 09 shows intervals over seeds, noise
-levels or step sizes, so it trains the same small network many times.
-:func:`train_ensemble` stacks the :math:`M` copies' parameters with a leading
-model axis (:func:`torch.func.stack_module_state`), one row of a flat
-:math:`(M, P)` tensor per model, and takes one step for all of them at once, with
-the functional updates of :mod:`gni_lib.optim` (or Adam's elementwise update):
+The figures of chapters 04, 07, 08 and 09 show intervals over seeds, noise levels
+or step sizes. :func:`train_ensemble` stacks the copies' parameters as the rows of
+one flat :math:`(M, P)` tensor and steps them all at once with the pure updates of
+:mod:`gni_lib.optim`:
 
 .. math::
 
     w^{(m)}_{n+1} = w^{(m)}_n - \eta_m \nabla L\bigl(w^{(m)}_n [+ \xi^{(m)}_n]\bigr)
         [+ \xi^{(m)}_{n+1}] [- \xi^{(m)}_n], \qquad m = 1, \dots, M,
 
-each model with its own step size :math:`\eta_m`, noise level :math:`\sigma_m` and
-noise generator. The per-model gradients come from :func:`torch.func.vmap` over
-:func:`torch.func.grad` of a :func:`torch.func.functional_call`, or, for a plain
-MLP (:func:`gni_lib.models.mlp_structure`), from the MLP core of
-:mod:`gni_lib.models` run with batched matmuls (``torch.baddbmm``), which is
-several times faster on a CPU (``benchmarks/bench_ensemble.py``). Noise, in the
-optimiser or at the noise sites (Camuto et al. 2020), is drawn row by row from
-each model's generator exactly as :func:`gni_lib.train.train` would draw it, and
-the explicit regulariser is the same :math:`R` as
-:func:`gni_lib.regularisers.explicit_regularizer`, batched over the models, so
-**the ensemble equals training the** :math:`M` **models one by one**, up to the
+each model with its own :math:`\eta_m`, :math:`\sigma_m` and generators. The
+gradients come from :func:`torch.func.vmap` over :func:`torch.func.grad`, or, for a
+plain MLP (:func:`gni_lib.models.mlp_structure`), from the MLP core run with batched
+matmuls (``torch.baddbmm``; 1.4-1.6x faster than ``vmap``, ``benchmarks/RESULTS.md``).
+Noise, in the optimiser or at the noise sites (Camuto et al. 2020), is drawn row by
+row from each model's generator as :func:`gni_lib.train.train` draws it, and the
+penalty :math:`R` is :func:`gni_lib.regularisers.explicit_regularizer` batched over
+the models, so **the ensemble equals training the models one by one**, up to the
 round-off of batched products (tested: 1e-6 in float32, 1e-12 in float64).
 """
 
@@ -40,11 +35,11 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad_and_value, stack_module_state, vmap
 
-from ._checks import check_real, check_values
+from ._checks import check_choice, check_real, check_values
 from .losses import ce_hessian_root, get_loss, per_example_loss
 from .models import MLPPass, MLPStructure, elementwise, mlp_structure, mlp_weights
 from .noise import GaussianNoise, noise_sites, replace_site_outputs
-from .optim import _check_sigma, _draw_rows, anti_pgd_update, gd_update, perturb, pgd_update
+from .optim import _adam_update, _check_sigma, _draw_rows, anti_pgd_update, gd_update, perturb, pgd_update
 from .regularisers import functional_regularizer
 from .seeding import check_generator
 from .train import History, _batches, _check_run, _clean_metrics, _record, _refuse_non_finite, _run_steps
@@ -100,15 +95,9 @@ def _stacked_forward(
     perturb: Callable[[int, Tensor], Tensor] | None = None,
     derivatives: bool = False,
 ) -> MLPPass:
-    r""":func:`gni_lib.models.mlp_forward` for :math:`M` stacked MLPs, one ``baddbmm`` per layer.
-
-    ``params`` are stacked, :math:`(M, \dots)`; ``x`` is :math:`(B, d_0)` (shared) or
-    :math:`(M, B, d_0)`. ``perturb(k, h)`` (noise injection) replaces the input of the
-    linear layer that site :math:`k` feeds, in forward order. Returns the
-    :class:`~gni_lib.models.MLPPass` with a leading model axis (``first`` only with
-    ``derivatives``). The core's ``vmap`` route is slower at these sizes (dispatch
-    overhead; see ``benchmarks/bench_ensemble.py``), hence the batched matmuls.
-    """
+    r""":func:`gni_lib.models.mlp_forward` for :math:`M` stacked MLPs (``params`` :math:`(M, \dots)`,
+    ``x`` :math:`(B, d_0)` or :math:`(M, B, d_0)`), one ``baddbmm`` per layer; ``perturb(k, h)``
+    replaces the input of the layer site :math:`k` feeds. ``first`` only with ``derivatives``."""
     count = next(iter(params.values())).shape[0]
     a = x if x.ndim == 3 else x.expand(count, *x.shape)
     for module in structure.prefix:
@@ -134,18 +123,9 @@ def _stacked_forward(
 def _stacked_regularizer(
     structure: MLPStructure, params: Mapping[str, Tensor], clean: MLPPass, loss: str, sites: _Sites
 ) -> Tensor:
-    r"""Per-model explicit regulariser :math:`R_m` (Camuto et al. 2020, eq. 9), shape (M,).
-
-    .. math::
-
-        R_m = \frac{1}{2B} \sum_b \sum_k \bigl\lVert C_{m,b}\, J_{m,k}(x_b)
-            \operatorname{diag}(s_{m,k,b}) \bigr\rVert_F^2,
-
-    the MLP route of :func:`gni_lib.regularisers.functional_regularizer` for all
-    models at once: :math:`C J_k` by the backward recursion of
-    :func:`gni_lib.models.mlp_backward`, :math:`G_{m-1} = (G_m \odot \phi_m') W_m`, one
-    ``bmm`` per layer; ``clean`` is the clean :func:`_stacked_forward` with derivatives.
-    """
+    r"""Per-model :math:`R_m = \frac{1}{2B} \sum_{b,k} \lVert C_{m,b} J_{m,k}(x_b) \operatorname{diag}(s_{m,k,b})
+    \rVert_F^2` (Camuto et al. 2020, eq. 9), (M,): the recursion of :func:`gni_lib.models.mlp_backward`,
+    one ``bmm`` per layer, on the ``clean`` :func:`_stacked_forward` with derivatives."""
     output = clean.output
     count, batch, d_out = output.shape
     if loss == "mse":
@@ -174,10 +154,6 @@ def _stacked_regularizer(
 # --- validation ---------------------------------------------------------------------------------
 
 
-def _per_model_values(value: object, count: int, name: str, check: Callable[[object, str], float]) -> list[float]:
-    return check_values(value, count, name, check, per="model")
-
-
 def _check_models(models: object, allow_noise: bool = False) -> list[nn.Module]:
     if isinstance(models, nn.Module) or not isinstance(models, Sequence) or not models:
         raise TypeError(
@@ -192,6 +168,7 @@ def _check_models(models: object, allow_noise: bool = False) -> list[nn.Module]:
     if not reference:
         raise ValueError("models[0] has no parameters to train")
     reference_types = [type(module) for module in models[0].modules()]
+    modes = [site.mode for site in noise_sites(models[0])]
     for m, model in enumerate(models):
         mine = [(k, v.shape, v.dtype, v.device) for k, v in model.named_parameters()]
         if mine != reference:
@@ -214,12 +191,10 @@ def _check_models(models: object, allow_noise: bool = False) -> list[nn.Module]:
                     "penalty='explicit_regularizer'), or set the sites' sigma to 0 "
                     "(gni_lib.noise.set_noise)"
                 )
-    if len({id(model) for model in models}) != len(models):
-        raise ValueError("models must be distinct module objects (copy.deepcopy each one)")
-    modes = [site.mode for site in noise_sites(models[0])]
-    for m, model in enumerate(models):
         if [site.mode for site in noise_sites(model)] != modes:
             raise ValueError(f"models[{m}] must have the noise sites (number and modes) of models[0]")
+    if len({id(model) for model in models}) != len(models):
+        raise ValueError("models must be distinct module objects (copy.deepcopy each one)")
     return models
 
 
@@ -276,10 +251,9 @@ def _check_method(
     device: torch.device,
 ) -> _Method:
     """The update rule: ``method``, per-model ``lr`` and ``sigma``, ``layerwise``, ``generators``."""
-    lrs = _per_model_values(lr, count, "lr", lambda v, name: check_real(v, name, positive=True))
-    if not isinstance(method, str) or method not in METHODS:
-        raise ValueError(f"method must be one of {tuple(METHODS)}, got {method!r}")
-    sigmas = _per_model_values(sigma, count, "sigma", _check_sigma)
+    lrs = check_values(lr, count, "lr", lambda v, name: check_real(v, name, positive=True), per="model")
+    check_choice(method, "method", tuple(METHODS))
+    sigmas = check_values(sigma, count, "sigma", _check_sigma, per="model")
     if not isinstance(layerwise, bool):
         raise TypeError(f"layerwise must be True or False, got {type(layerwise).__name__}")
     if layerwise and method != "perturbed_gd":
@@ -335,25 +309,20 @@ def _check_penalty(
     penalty: object, penalty_weight: object, sites: _Sites, count: int
 ) -> tuple[str | None, list[float]]:
     """``penalty``: its kind (``None``, ``"explicit_regularizer"``, ``"callable"``) and the weights."""
+    expected = "penalty must be None, 'explicit_regularizer' or a callable (model, x) -> scalar, got"
     if penalty is None:
         kind = None
     elif isinstance(penalty, str):
         if penalty != "explicit_regularizer":
-            raise ValueError(
-                f"penalty must be None, 'explicit_regularizer' or a callable (model, x) -> scalar, "
-                f"got {penalty!r}"
-            )
+            raise ValueError(f"{expected} {penalty!r}")
         if not sites.modes:
             raise ValueError("penalty='explicit_regularizer' needs models with GaussianNoise sites; they have none")
         kind = "explicit_regularizer"
     elif callable(penalty):
         kind = "callable"
     else:
-        raise TypeError(
-            f"penalty must be None, 'explicit_regularizer' or a callable (model, x) -> scalar, "
-            f"got {type(penalty).__name__}"
-        )
-    weights = _per_model_values(penalty_weight, count, "penalty_weight", check_real)
+        raise TypeError(f"{expected} {type(penalty).__name__}")
+    weights = check_values(penalty_weight, count, "penalty_weight", check_real, per="model")
     return kind, weights
 
 
@@ -393,31 +362,7 @@ def _site_call_shapes(model: nn.Module, x: Tensor) -> list[tuple[int, tuple[int,
     return calls
 
 
-def _draw_site_calls(
-    calls: list[tuple[int, tuple[int, ...]]], batch: int, draw: Callable[[int, tuple[int, ...]], Tensor], sites: int
-) -> list[Tensor]:
-    """Every site's noise for all models, (M, batch, *shape) per site, drawn in call order."""
-    noise: list[Tensor | None] = [None] * sites
-    for k, shape in calls:
-        noise[k] = draw(k, (batch, *shape))
-    return noise  # type: ignore[return-value]
-
-
 # --- the trainer ---------------------------------------------------------------------------------
-
-
-def _adam_update(
-    flat: Tensor, grads: Tensor, moments: tuple[Tensor, Tensor] | None, step: int, lr_column: Tensor
-) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-    """One step of ``torch.optim.Adam`` (default betas and eps) on every row of ``flat``, (M, P)."""
-    beta1, beta2, eps = 0.9, 0.999, 1e-8
-    if moments is None:
-        moments = (torch.zeros_like(flat), torch.zeros_like(flat))
-    first = moments[0].lerp(grads, 1 - beta1)
-    second = moments[1].mul(beta2).addcmul(grads, grads, value=1 - beta2)
-    step_size = lr_column / (1 - beta1**step)
-    denominator = (second.sqrt() / math.sqrt(1 - beta2**step)).add(eps)
-    return flat - step_size * first / denominator, (first, second)
 
 
 class _Stack:
@@ -555,7 +500,9 @@ class _Stack:
             noise = None
             if self.sites.noise_on:
                 batch = xb.shape[0] if in_x is None else xb.shape[1]
-                noise = _draw_site_calls(self.site_calls, batch, self.draw_site, len(self.sites.modes))
+                noise = [None] * len(self.sites.modes)  # every site's (M, batch, *shape), in call order
+                for k, shape in self.site_calls:
+                    noise[k] = self.draw_site(k, (batch, *shape))
             grads, objective = vmap(
                 grad_and_value(self.single_objective),
                 in_dims=(0, 0, None if noise is None else 0, 0, 0, in_x, in_x),
@@ -650,116 +597,79 @@ def train_ensemble(
 ) -> EnsembleResult:
     r"""Train :math:`M` copies of one architecture at once; each equals its own sequential run.
 
-    For model :math:`m` and step :math:`n = 0, \dots, T - 1`, with batch
-    :math:`\mathcal B_n` and :math:`\xi^{(m)}_n \sim \mathcal N(0, \sigma_m^2 I)`:
+    For model :math:`m` at step :math:`n`, with :math:`L` the loss on the step's batch
+    and :math:`\xi^{(m)}_n \sim \mathcal N(0, \sigma_m^2 I)` (Orvieto et al. 2022, 2023):
 
     - ``"gd"``: :math:`w \leftarrow w - \eta_m \nabla L(w)`;
-    - ``"adam"``: Adam's update with :math:`\nabla L(w)`, step size :math:`\eta_m` and
-      PyTorch's default :math:`\beta_1, \beta_2, \epsilon`, elementwise, so the models
-      stay independent;
+    - ``"adam"``: Adam's elementwise update (PyTorch's default :math:`\beta_1, \beta_2, \epsilon`);
     - ``"pgd"``: :math:`w \leftarrow w - \eta_m \nabla L(w) + \xi_{n+1}`;
     - ``"anti_pgd"``: :math:`w \leftarrow w - \eta_m \nabla L(w) + \xi_{n+1} - \xi_n`, :math:`\xi_0 = 0`;
     - ``"perturbed_gd"``: :math:`w \leftarrow w - \eta_m \nabla L(w + \xi_n)`, all tensors
-      perturbed, or (``layerwise=True``) only tensor :math:`n \bmod G`;
+      perturbed, or (``layerwise=True``) only tensor :math:`n \bmod G`.
 
-    with :math:`L` the loss on the batch (Orvieto et al. 2022, 2023). Model
-    :math:`m` ends where this sequential run ends, and records the same history::
+    Model :math:`m` ends where this sequential run ends, and records the same history
+    (up to the round-off of batched products: 1e-6 in float32, 1e-12 in float64)::
 
         train(models[m], x, y, steps=steps, optimizer=OPT, loss=loss, batch_size=batch_size,
               generator=G_m, x_test=x_test, y_test=y_test, record_every=record_every,
               record_extra=record_extra)
 
-    with ``OPT`` the optimiser of :data:`METHODS` built on ``models[m].parameters()``
-    with ``lr[m]``, ``sigma[m]`` and ``generators[m]``, and ``G_m`` a generator in
-    the starting state of ``batch_generator`` (shared batches) or
-    ``batch_generator[m]`` (a batch order per model). Equal means up to the
-    round-off of batched products (1e-6 in float32, 1e-12 in float64 in the
-    tests), not bit for bit.
+    with ``OPT`` the optimiser of :data:`METHODS` on ``models[m].parameters()`` with
+    ``lr[m]``, ``sigma[m]`` and ``generators[m]``, and ``G_m`` a generator in the
+    starting state of ``batch_generator`` (or ``batch_generator[m]``).
 
-    **Noise sites and penalties** (Camuto et al. 2020, Sec. 3 and Fig. 3). By
-    default (``inject_noise=None``) a model with a noise site of :math:`\sigma > 0`
-    is refused. With ``inject_noise=True`` the sites inject noise at every step:
-    site :math:`k` of model :math:`m` computes :math:`h_k + \sigma_{m,k} z` (or
-    :math:`h_k (1 + \sigma_{m,k} z)`, eq. 6), with :math:`\sigma_{m,k}` read from
-    ``models[m]``'s own sites (so the models may differ in :math:`\sigma`) and
-    :math:`z` drawn as ``torch.randn(h_k.shape, generator=site_generators[m])``,
-    site by site in forward order, nothing for :math:`\sigma_{m,k} = 0`: the draws
-    of a :class:`gni_lib.noise.GaussianNoise` whose generator is a copy of
-    ``site_generators[m]`` (the sites' own generators are not used). With
-    ``inject_noise=False`` the sites are off (clean forward pass) but their
-    :math:`\sigma_{m,k}` are still read by the penalty. The training objective of
-    model :math:`m` is then :math:`L + \lambda_m P`, as in :func:`gni_lib.train.train`
-    with ``penalty=P, penalty_weight=lambda_m, inject_noise=...``:
+    **Noise sites and penalties** (Camuto et al. 2020, Sec. 3). A model with a
+    site of :math:`\sigma > 0` needs ``inject_noise``. With ``True`` site :math:`k`
+    of model :math:`m` computes :math:`h_k + \sigma_{m,k} z` (or :math:`h_k (1 +
+    \sigma_{m,k} z)`, eq. 6) with :math:`\sigma_{m,k}` read from ``models[m]``'s own
+    sites and :math:`z` drawn from ``site_generators[m]`` site by site in forward
+    order, nothing for :math:`\sigma_{m,k} = 0`: the draws of a
+    :class:`~gni_lib.noise.GaussianNoise` with a copy of that generator. With
+    ``False`` the sites are off, but the penalty reads their :math:`\sigma_{m,k}`.
+    The objective of model :math:`m` is :math:`L + \lambda_m P`, as in
+    :func:`~gni_lib.train.train` with ``penalty=P, penalty_weight=lambda_m``:
 
-    - ``penalty="explicit_regularizer"``: :math:`P = R`, eq. 9, exactly as
-      ``explicit_regularizer(model, x_batch, loss=loss, method="exact")``, computed for
-      all models at once: on the fast path by the backward recursion of the MLP
-      core (one ``bmm`` per layer), on the ``vmap`` path as ``vmap`` over
-      :func:`~gni_lib.regularisers.functional_regularizer`.
-    - a callable ``penalty(model, x_batch) -> scalar``: always the loop fallback:
-      ``models[m]`` is loaded with its current (possibly perturbed) parameters, in
-      ``eval()`` mode (noise off, unlike :func:`~gni_lib.train.train` with
-      ``inject_noise=True``, where a penalty that runs the model sees noise).
+    - ``"explicit_regularizer"``: :math:`P = R`, eq. 9, as ``explicit_regularizer(model,
+      x_batch, loss=loss)``, batched over the models (one ``bmm`` per layer on the
+      fast path, ``vmap`` over :func:`~gni_lib.regularisers.functional_regularizer` else);
+    - a callable ``penalty(model, x_batch) -> scalar``: a loop over the models, each
+      loaded with its current parameters, in ``eval()`` mode (noise off).
 
-    The penalty is evaluated on the step's batch and at the point where the loss
-    is (the perturbed weights for ``"perturbed_gd"``), and recorded, unweighted,
-    on the whole training set in ``histories[m].penalty`` at each record step.
-    The recorded losses are always the clean ones. Training otherwise runs with
-    the models in ``eval()`` mode. The final parameters are written back into
-    ``models``.
+    The penalty is taken on the step's batch where the loss is (the perturbed weights
+    for ``"perturbed_gd"``), and recorded unweighted on the whole training set in
+    ``histories[m].penalty``. Recorded losses are clean. Training otherwise runs in
+    ``eval()`` mode; the final parameters are written back into ``models``.
 
     Args:
         models: :math:`M \ge 1` distinct modules with the same module types and
-            parameter names, shapes, dtype and device (e.g. MLPs built under different seeds).
-        x, y: training inputs :math:`(n, d_\text{in})` and targets, as for
-            :func:`gni_lib.train.train`, on the models' device.
-        steps: :math:`T \ge 1`.
-        lr: :math:`\eta > 0`, one for all or a sequence of :math:`M`.
-        method: a key of :data:`METHODS`.
-        sigma: :math:`\sigma \ge 0` (standard deviation), one for all or :math:`M`;
-            must be 0 for ``"gd"`` and ``"adam"``.
-        layerwise: only with ``"perturbed_gd"``.
-        generators: :math:`M` generators for the noise, on the models' device;
-            required when a :math:`\sigma_m > 0`.
-        loss: ``"mse"`` or ``"ce"``.
-        x_test, y_test: an optional test set (both or neither).
-        record_every: :math:`r \ge 1`; records at :math:`0, r, 2r, \dots` and :math:`T`.
-        batch_size: ``None`` (or :math:`n`) for full batch, else as in :func:`gni_lib.train.train`.
-        batch_generator: ``None`` (global generator), one generator (every model sees
-            the same batches) or :math:`M` of them (its own order per model).
-        record_extra: ``{name: fn}``, names other than the :class:`~gni_lib.train.History`
-            fields; at each record step ``fn(models[m])`` is called
-            with model :math:`m` holding its current parameters (in ``eval()`` mode) and
-            must return a real number; stored in ``histories[m].extra[name]``.
-        fast_path: ``None`` picks the batched-matmul route for a plain MLP
-            (:func:`gni_lib.models.mlp_structure`; with noise injected or R, each site
-            must feed a linear layer), ``True`` demands it, ``False`` uses ``vmap``.
-        progress: a tqdm bar, as in :func:`gni_lib.train.train`.
-        inject_noise: ``None`` (models must have no site with :math:`\sigma > 0`),
-            ``True`` (sites inject noise at every step) or ``False`` (sites off).
-        site_generators: :math:`M` distinct generators on the models' device, the
-            source of the sites' noise; required when ``inject_noise=True`` and a
-            site has :math:`\sigma > 0`. Independent of ``generators`` (optimiser noise).
+            parameter names, shapes, dtype and device.
+        x, y, steps, loss, x_test, y_test, record_every, batch_size: as in :func:`gni_lib.train.train`.
+        progress, record_extra: as in :func:`gni_lib.train.train`; ``fn(models[m])`` sees
+            model :math:`m`'s current parameters.
+        lr, sigma, penalty_weight: :math:`\eta > 0`, :math:`\sigma \ge 0` (0 for
+            ``"gd"`` and ``"adam"``), :math:`\lambda \ge 0`: one for all or :math:`M`.
+        method: a key of :data:`METHODS`; ``layerwise`` only with ``"perturbed_gd"``.
+        generators, site_generators: :math:`M` distinct generators on the models'
+            device, for the optimiser's noise (needed when a :math:`\sigma_m > 0`) and
+            the sites' (needed when ``inject_noise=True`` and a site has :math:`\sigma > 0`).
+        batch_generator: ``None`` (global generator), one generator (the same batches
+            for every model) or :math:`M` (an order per model).
+        fast_path: ``None`` picks the batched-matmul route for a plain MLP (with
+            noise or R, each site must feed a linear layer), ``True`` demands it,
+            ``False`` uses ``vmap``.
+        inject_noise: ``None`` (no site may have :math:`\sigma > 0`), ``True`` or ``False``.
         penalty: ``None``, ``"explicit_regularizer"`` or a callable ``(model, x) -> scalar``.
-        penalty_weight: :math:`\lambda \ge 0`, one for all or a sequence of :math:`M`.
 
     Returns:
         EnsembleResult: the per-model histories and the stacked final parameters.
 
     Raises:
-        TypeError: on arguments of the wrong type.
-        ValueError: on bad values (names the argument): models that differ, noise
-            sites with :math:`\sigma > 0`, :math:`\eta \le 0`, :math:`\sigma < 0`,
-            sequences of the wrong length, an unknown ``method`` or ``loss``,
-            ``sigma > 0`` with ``"gd"`` or ``"adam"``, ``layerwise`` without ``"perturbed_gd"``,
-            missing ``generators``, ``fast_path=True`` for a model it does not fit,
-            targets that do not suit the loss, models whose noise sites differ in
-            number or mode, missing or wrong ``site_generators``, an unknown
-            ``penalty`` string, ``"explicit_regularizer"`` for models without noise
-            sites, a negative ``penalty_weight``.
-        FloatingPointError: if a model's loss or gradient becomes NaN or infinite;
-            the message names the model and the step, and no model takes that step
-            (the models hold the parameters from before it).
+        TypeError: on an argument of the wrong type.
+        ValueError: on a bad value, naming the argument (models that differ, a site
+            with :math:`\sigma > 0` and no ``inject_noise``, a wrong length, a missing
+            generator, ``fast_path=True`` for a model it does not fit, ...).
+        FloatingPointError: if a model's loss or gradient is NaN or infinite; the
+            message names the models and the step, which no model takes.
     """
     if inject_noise is not None and not isinstance(inject_noise, bool):
         raise TypeError(f"inject_noise must be True, False or None, got {type(inject_noise).__name__}")

@@ -1,10 +1,9 @@
 r"""Noise-injected gradient descent: PGD, Anti-PGD and gradients at a perturbed point.
 
-Three ways of adding Gaussian noise :math:`\xi \sim \mathcal N(0, \sigma^2 I)` to
-gradient descent with step size :math:`\eta`, each as a pure function on parameter
-dicts (the functional core, usable under :func:`torch.func.vmap`) and as a
-:class:`torch.optim.Optimizer` a reader can drop into their own loop, which calls
-those functions:
+Three ways of adding :math:`\xi \sim \mathcal N(0, \sigma^2 I)` (``sigma`` is a
+**standard deviation**) to gradient descent with step size :math:`\eta`, each as a
+pure update on parameter dicts (usable under :func:`torch.func.vmap`) and as a
+:class:`torch.optim.Optimizer` that calls it:
 
 .. math::
 
@@ -13,31 +12,24 @@ those functions:
         \quad \xi_0 = 0, \\
     \text{perturbed GD:} \quad & w_{n+1} = w_n - \eta \nabla L(w_n + \xi_n).
 
-PGD and Anti-PGD are Orvieto et al. (2022), eqs. (PGD) and (Anti-PGD); the
-perturbed gradient is Orvieto et al. (2023), with its layer-wise variant. With
-:math:`z_n = w_n - \xi_n`, Anti-PGD is *exactly* :math:`z_{n+1} = z_n - \eta \nabla
-L(z_n + \xi_n)`: gradient descent evaluated at a perturbed point, which in
-expectation descends the smoothed loss :math:`\mathbb E_\xi L(w + \xi) = L +
-\tfrac{\sigma^2}{2} \operatorname{Tr} \nabla^2 L + O(\sigma^4)`.
+PGD and Anti-PGD are Orvieto et al. (2022), eqs. (PGD) and (Anti-PGD); the perturbed
+gradient, and its layer-wise variant, Orvieto et al. (2023). With :math:`z_n = w_n -
+\xi_n`, Anti-PGD is exactly :math:`z_{n+1} = z_n - \eta \nabla L(z_n + \xi_n)`, which in
+expectation descends :math:`L + \tfrac{\sigma^2}{2} \operatorname{Tr} \nabla^2 L +
+O(\sigma^4)`.
 
-``sigma`` is always a **standard deviation**: every coordinate of :math:`\xi` has
-variance :math:`\sigma^2`.
-
-**Draw order** (the same in the optimisers, :func:`draw_noise` and the ensemble
-trainer, so that a run can be reproduced number for number): at each step one
-flat buffer of :math:`P` standard draws, :func:`gni_lib.noise.standard_noise`
-``(P, generator, dtype=..., device=...)``, is drawn, where :math:`P` counts the
-coordinates that receive noise this step; it is cut, in parameter order, into one
-piece per parameter tensor and multiplied by that tensor's :math:`\sigma`. Nothing
-is drawn when :math:`\sigma = 0`. (The optimisers draw one such buffer per device
-and dtype, in order of first appearance.)
-
-With ``distribution="rademacher"`` every coordinate is :math:`\pm\sigma` with
-probability :math:`\tfrac12` each (Orvieto et al. 2022, Thm. 3.1), drawn the same way.
+**Draw order** (the optimisers, :func:`draw_noise` and the ensemble trainer share
+it, so a run is reproduced number for number): each step draws one flat buffer
+:func:`gni_lib.noise.standard_noise` ``(P, generator)`` over the :math:`P`
+coordinates that receive noise, cuts it in parameter order into one piece per
+tensor and multiplies each by its :math:`\sigma` (one buffer per device and dtype,
+in order of first appearance; nothing for :math:`\sigma = 0`).
+``distribution="rademacher"`` draws :math:`\pm\sigma` instead (Orvieto et al. 2022, Thm. 3.1).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -105,32 +97,26 @@ def draw_noise(
 ) -> dict[str, Tensor]:
     r"""Draw :math:`\xi = \sigma z`, :math:`z \sim \mathcal N(0, I)`, shaped like ``params``.
 
-    One flat buffer ``torch.randn(P, generator=generator)`` in the parameters'
-    dtype and on their device (:func:`~gni_lib.noise.standard_noise`), cut in the
-    order of ``keys`` (default: the order of ``params``) into tensors of each
-    shape, times :math:`\sigma`. Call it *outside* :func:`torch.func.vmap`; pass
-    the result in.
+    One flat buffer in the draw order of the module docstring, cut in the order of
+    ``keys`` (default: that of ``params``). Call it *outside* :func:`torch.func.vmap`
+    and pass the result in.
 
     Args:
-        params: parameter tensors by name (only shapes, dtype and device are used);
-            all on one device with one dtype.
-        sigma: the standard deviation :math:`\sigma \ge 0`. For :math:`\sigma = 0`
-            the result is zeros and nothing is drawn.
-        generator: the source of the noise, on the parameters' device; ``None``
-            uses torch's global generator.
+        params: tensors by name, all of one dtype and device (only shapes are used).
+        sigma: the standard deviation :math:`\sigma \ge 0`; for 0 the result is
+            zeros and nothing is drawn.
+        generator: on the parameters' device; ``None`` uses torch's global generator.
         keys: the tensors to draw for (e.g. one key for a layer-wise step).
-        distribution: ``"gaussian"``, or ``"rademacher"`` for :math:`\xi_i = \pm\sigma`
-            with probability :math:`\tfrac12` each (Orvieto et al. 2022, Thm. 3.1).
+        distribution: ``"gaussian"`` or ``"rademacher"`` (:math:`\xi_i = \pm\sigma`).
 
     Returns:
-        dict[str, Tensor]: :math:`\xi` for each key, shapes as in ``params``.
+        dict[str, Tensor]: :math:`\xi` for each key, shaped as in ``params``.
 
     Raises:
-        TypeError: if ``params`` is not a dict of tensors, ``sigma`` is not a real
-            number or ``generator`` is not a generator.
-        ValueError: if ``sigma`` is negative or not finite, a key is unknown, the
-            tensors differ in dtype or device, ``generator`` is on another device,
-            or ``distribution`` is not one of :data:`~gni_lib.noise.NOISE_DISTRIBUTIONS`.
+        TypeError: on a wrong type of ``params``, ``sigma`` or ``generator``.
+        ValueError: on a negative or non-finite ``sigma``, an unknown key or
+            ``distribution``, tensors of mixed dtype or device, or ``generator`` on
+            another device.
     """
     params = check_tensor_dict(params, "params")
     sigma = _check_sigma(sigma)
@@ -164,11 +150,8 @@ def _draw_rows(
     device: torch.device,
     distribution: str = "gaussian",
 ) -> Tensor:
-    """An (M, size) buffer whose row m is what draw_noise draws from generators[m] with sigmas[m].
-
-    That is sigma_m * standard_noise(size, generators[m]); rows with sigma_m = 0 are
-    zeros and draw nothing. The ensemble trainer's drawer; arguments are not validated.
-    """
+    """The ensemble's drawer: row m of the (M, size) buffer is sigma_m * standard_noise(size, generators[m]),
+    zeros (nothing drawn) for sigma_m = 0; arguments are not validated."""
     buffer = torch.zeros(len(sigmas), size, dtype=dtype, device=device)
     for row, (sigma, generator) in enumerate(zip(sigmas, generators)):
         if sigma > 0.0:
@@ -183,13 +166,13 @@ def _draw_rows(
 def gd_update(params: Params, grads: Params, lr: float | Tensor) -> dict[str, Tensor]:
     r"""One gradient-descent step, :math:`w \leftarrow w - \eta g`, on a parameter dict.
 
-    Pure: returns new tensors and changes nothing. Works under
-    :func:`torch.func.vmap` with ``lr`` a per-model tensor mapped to a scalar.
+    Pure (returns new tensors); works under :func:`torch.func.vmap`.
 
     Args:
         params: :math:`w`, tensors by name.
         grads: :math:`g = \nabla L(\cdot)`, the same keys and shapes.
-        lr: :math:`\eta`, a number or a tensor that broadcasts against every tensor.
+        lr: :math:`\eta`, a number or a tensor that broadcasts against every tensor
+            (e.g. an :math:`(M, 1)` column of per-model step sizes).
 
     Raises:
         TypeError, ValueError: if the dicts are not dicts of tensors with the same
@@ -253,10 +236,27 @@ def anti_pgd_update(
     grads = check_tensor_dict(grads, "grads", params)
     noise = check_tensor_dict(noise, "noise", params)
     if prev_noise is None:
-        return {k: params[k] - lr * grads[k] + noise[k] for k in params}, dict(noise)
+        return pgd_update(params, grads, noise, lr), dict(noise)
     prev_noise = check_tensor_dict(prev_noise, "prev_noise", params)
     new = {k: params[k] - lr * grads[k] + (noise[k] - prev_noise[k]) for k in params}
     return new, dict(noise)
+
+
+def _adam_update(
+    w: Tensor, g: Tensor, moments: tuple[Tensor, Tensor] | None, step: int, lr: Tensor
+) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+    r"""Step ``step`` (from 1) of ``torch.optim.Adam``, default betas and eps, elementwise on ``w``:
+    :math:`m \leftarrow \beta_1 m + (1 - \beta_1) g`, :math:`v \leftarrow \beta_2 v + (1 - \beta_2) g^2`,
+    :math:`w \leftarrow w - \frac{\eta}{1 - \beta_1^n} m / (\sqrt{v / (1 - \beta_2^n)} + \epsilon)`.
+    Pure; ``moments`` is ``(m, v)``, ``None`` at the first step."""
+    beta1, beta2, eps = 0.9, 0.999, 1e-8
+    if moments is None:
+        moments = (torch.zeros_like(w), torch.zeros_like(w))
+    first = moments[0].lerp(g, 1 - beta1)
+    second = moments[1].mul(beta2).addcmul(g, g, value=1 - beta2)
+    step_size = lr / (1 - beta1**step)
+    denominator = (second.sqrt() / math.sqrt(1 - beta2**step)).add(eps)
+    return w - step_size * first / denominator, (first, second)
 
 
 def perturb(params: Params, noise: Params) -> dict[str, Tensor]:
@@ -389,30 +389,21 @@ _ARGS_DOC = r"""
             dicts, which may set their own ``lr``, ``sigma`` and ``momentum``.
         lr: the step size :math:`\eta \ge 0`.
         sigma: the noise standard deviation :math:`\sigma \ge 0` (not a variance).
-        generator: where the noise is drawn from, on the parameters' device;
-            ``None`` uses torch's global generator.
-        distribution: ``"gaussian"`` (default), :math:`\xi \sim \mathcal N(0,
-            \sigma^2 I)`, or ``"rademacher"``, every coordinate :math:`\pm\sigma` with
-            probability :math:`\tfrac12` (the noise of Orvieto et al. 2022, Thm. 3.1);
-            draw order as in the module docstring.
-        momentum: :math:`\mu \ge 0`. The default 0 is plain gradient descent, as in
-            the papers' theory; :math:`\mu > 0` steps along the heavy-ball buffer
-            :math:`b_n = \mu b_{n-1} + \nabla L` (:math:`b_1 = \nabla L`, kept in
-            ``self.state[p]["momentum_buffer"]``) in place of :math:`\nabla L`, as
-            :class:`torch.optim.SGD` does.
+        generator: the noise source, on the parameters' device; ``None``: torch's global one.
+        distribution: ``"gaussian"`` (default) or ``"rademacher"`` (:math:`\pm\sigma`,
+            Orvieto et al. 2022, Thm. 3.1); draw order as in the module docstring.
+        momentum: :math:`\mu \ge 0`; the default 0 is the papers' plain descent,
+            :math:`\mu > 0` steps along the heavy-ball buffer :math:`b_n = \mu b_{n-1} +
+            \nabla L` (:math:`b_1 = \nabla L`, in ``self.state[p]["momentum_buffer"]``)
+            instead of :math:`\nabla L`, as :class:`torch.optim.SGD` does.
 
     Raises:
-        TypeError: if ``params`` is not an iterable of tensors or dicts, ``lr``,
-            ``sigma`` or ``momentum`` is not a real number, or ``generator`` is not a
-            generator.
-        ValueError: if ``params`` is empty, ``lr``, ``sigma`` or ``momentum`` (of the
-            defaults or of a group) is negative or not finite, or ``distribution``
-            is not one of :data:`~gni_lib.noise.NOISE_DISTRIBUTIONS`.
-        NonFiniteGradientError: at :meth:`step`, a :class:`ValueError` (and
-            :class:`FloatingPointError`) if a gradient has NaN or infinite entries;
-            nothing is changed then.
-        ValueError: at :meth:`step`, if ``generator`` is on another device than a
-            parameter.
+        TypeError: on a wrong type of ``params``, ``lr``, ``sigma``, ``momentum`` or ``generator``.
+        ValueError: on empty ``params``, a negative or non-finite ``lr``, ``sigma`` or
+            ``momentum`` (default or group), an unknown ``distribution``, or (at
+            :meth:`step`) ``generator`` on another device than a parameter.
+        NonFiniteGradientError: at :meth:`step`, if a gradient has NaN or infinite
+            entries; nothing is changed then.
 """
 
 
@@ -424,14 +415,9 @@ class PGD(_NoisyOptimizer):
         w_{n+1} = w_n - \eta \nabla L(w_n) + \xi_{n+1}, \qquad
         \xi_{n+1} \sim \mathcal N(0, \sigma^2 I) \text{ independent of the past}
 
-    (Orvieto et al. 2022, eq. PGD); :meth:`step` is :func:`pgd_update` applied to
-    the parameters in place.
-
-    Every coordinate of every parameter with a gradient gets its own
-    :math:`\mathcal N(0, \sigma^2)` draw (the group's :math:`\sigma`; or a draw of
-    :math:`\pm\sigma` with ``distribution="rademacher"``); parameters
-    whose ``grad`` is ``None`` are skipped, as torch optimisers skip them. The draw
-    order is that of the module docstring. With :math:`\sigma = 0` nothing is
+    (Orvieto et al. 2022, eq. PGD); :meth:`step` is :func:`pgd_update` in place,
+    with the group's :math:`\sigma`. Parameters whose ``grad`` is ``None`` are
+    skipped, as torch optimisers skip them. With :math:`\sigma = 0` nothing is
     drawn and the trajectory is :func:`gd_update`'s, bit for bit.
     """ + _ARGS_DOC
 
@@ -455,17 +441,14 @@ class AntiPGD(_NoisyOptimizer):
         \xi_0 = 0, \quad \xi_{n} \sim \mathcal N(0, \sigma^2 I) \text{ i.i.d.}
 
     (Orvieto et al. 2022, eq. Anti-PGD); :meth:`step` is :func:`anti_pgd_update`
-    applied to the parameters in place. The increments have variance
-    :math:`2\sigma^2` per coordinate and lag-1 autocorrelation :math:`-\tfrac12`.
-    With :math:`z_n = w_n - \xi_n` the update is exactly
-    :math:`z_{n+1} = z_n - \eta \nabla L(z_n + \xi_n)`.
+    in place. The increments have variance :math:`2\sigma^2` per coordinate and
+    lag-1 autocorrelation :math:`-\tfrac12`.
 
-    :math:`\xi_n` is kept per parameter in ``self.state[p]["xi"]`` (absent means
-    :math:`\xi_0 = 0`) and survives :meth:`state_dict` / :meth:`load_state_dict`.
-    It is replaced, never changed in place. Parameters whose ``grad`` is ``None``
-    are skipped (no step, :math:`\xi` kept). With :math:`\sigma = 0` nothing is
-    drawn, :math:`\xi_{n+1} = 0`, and the trajectory is :func:`gd_update`'s, bit
-    for bit (once any earlier :math:`\xi_n` has been paid back).
+    :math:`\xi_n` is kept in ``self.state[p]["xi"]`` (absent: :math:`\xi_0 = 0`),
+    replaced, never changed in place, and survives :meth:`state_dict`. Parameters
+    whose ``grad`` is ``None`` are skipped (no step, :math:`\xi` kept). With
+    :math:`\sigma = 0` nothing is drawn, :math:`\xi_{n+1} = 0`, and the trajectory
+    is :func:`gd_update`'s, bit for bit (once an earlier :math:`\xi_n` is paid back).
     """ + _ARGS_DOC
 
     @torch.no_grad()
@@ -498,30 +481,23 @@ class PerturbedGD(_NoisyOptimizer):
 
     (Orvieto et al. 2023). :meth:`step` draws :math:`\xi_n`, sets the weights to
     :func:`perturb` ``(w, xi)``, calls ``closure()`` (which must zero the gradients,
-    recompute the loss and call ``backward``), puts the saved weights back exactly
+    recompute the loss and call ``backward``), restores the saved weights exactly
     (copied, not :math:`(w + \xi) - \xi`) and applies :func:`gd_update` with the
-    gradient from the perturbed point. The weights after :meth:`step` carry no noise.
+    gradient from the perturbed point.
 
-    **How** :math:`\sigma` **is split.**
+    - ``layerwise=False``: :math:`\xi \sim \mathcal N(0, \sigma^2 I_P)` over all
+      :math:`P` weights, not rescaled; the smoothed objective is :math:`L +
+      \tfrac{\sigma^2}{2} \operatorname{Tr} \nabla^2 L + O(\sigma^4)`, but
+      :math:`\lVert \xi \rVert \approx \sigma \sqrt P` grows with width, and so does
+      the gradient's variance (Orvieto et al. 2023's variance explosion).
+    - ``layerwise=True``: at step :math:`n` only tensor :math:`n \bmod G` of the
+      :math:`G` tensors (parameter order across groups, weights and biases counted
+      separately) is perturbed, with the same :math:`\sigma`; averaged over a cycle
+      the regulariser is :math:`\tfrac{\sigma^2}{2G} \operatorname{Tr} \nabla^2 L`.
 
-    - ``layerwise=False`` (all parameters): every coordinate of every parameter
-      tensor gets its own independent :math:`\mathcal N(0, \sigma^2)`, i.e.
-      :math:`\xi \sim \mathcal N(0, \sigma^2 I_P)` over all :math:`P` weights, with
-      no rescaling by the number of tensors or of weights. The smoothed objective is
-      :math:`L + \tfrac{\sigma^2}{2} \operatorname{Tr} \nabla^2 L + O(\sigma^4)`,
-      but :math:`\lVert \xi \rVert \approx \sigma \sqrt P` grows with width and so
-      does the variance of the gradient (Orvieto et al. 2023's variance explosion).
-    - ``layerwise=True``: at step :math:`n` only tensor :math:`k = n \bmod G` (of the
-      :math:`G` tensors in parameter order, across param groups, counting weights
-      and biases separately) is perturbed, each of its coordinates by
-      :math:`\mathcal N(0, \sigma^2)` with the same :math:`\sigma`; the others are
-      left exact. Averaged over a cycle the regulariser is
-      :math:`\tfrac{\sigma^2}{2G} \operatorname{Tr} \nabla^2 L`.
-
-    The step counter (which sets the layer-wise cursor) is ``self.state[p]["step"]``
-    for every parameter and survives :meth:`state_dict`. With :math:`\sigma = 0`
-    nothing is drawn or perturbed and the trajectory is :func:`gd_update`'s, bit
-    for bit.
+    The step counter (the layer-wise cursor) is ``self.state[p]["step"]`` and
+    survives :meth:`state_dict`. With :math:`\sigma = 0` nothing is drawn and the
+    trajectory is :func:`gd_update`'s, bit for bit.
     """ + _ARGS_DOC + r"""
     Further:
         layerwise: perturb one tensor per step, cycling, as above.
