@@ -2,34 +2,23 @@ r"""The calibration-and-margins experiment of Camuto et al. (2020), Sec. 4, as l
 
 The book's lectures on calibration and on margins (``book/10-calibration.md``,
 ``book/11-margins.md``) train the same networks and measure them on the same
-test sets; this module holds what both need, so that neither page repeats it:
-
-- :func:`load_breast_cancer_split`: scikit-learn's Wisconsin breast-cancer set,
-  split (stratified) and standardised, the second data set beside
-  :func:`gni_lib.data.load_digits_split`;
-- :func:`train_noise_arm`: one arm of the experiment (baseline, noise at every
-  site, noise on the hidden layers only, or the explicit regulariser :math:`R`),
-  many seeds at once with :func:`gni_lib.ensemble.train_ensemble`, and the test
-  statistics of each trained network (ECE, reliability diagram, margins);
-- :func:`ece_of_outcomes` and :func:`calibrated_ece_draws`: the ECE of given
-  right/wrong outcomes, vectorised over draws, and its distribution under a
-  perfectly calibrated model (the bias of the ECE on a small test set);
-- :func:`walk_ratios`: how far one has to walk from a test point, along the
-  normal of its nearest linearised decision boundary, before the class changes,
-  in units of :math:`\gamma_\text{lin}` (:func:`gni_lib.calibration.input_margin`).
+test sets: a second data set (:func:`load_breast_cancer_split`), one arm of the
+experiment for many seeds with its test statistics (:func:`train_noise_arm`), the
+ECE of given outcomes and its distribution under a calibrated model
+(:func:`ece_of_outcomes`, :func:`calibrated_ece_draws`), and the walk from a test
+point to a change of class (:func:`walk_ratios`).
 """
 
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from gni_lib._checks import check_int, check_real, check_tensor
+from gni_lib._checks import check_choice, check_fraction, check_int, check_real, check_tensor
 from gni_lib.calibration import (
     confidence_and_prediction,
     confidence_bins,
@@ -72,11 +61,8 @@ def load_breast_cancer_split(
     (each feature centred and divided by its population standard deviation, in
     float64) and applied to both sets; then cast to ``dtype``.
 
-    Args:
-        test_fraction: in :math:`(0, 1)`.
-        seed: a non-negative int; the same seed gives the same split.
-        dtype: a floating dtype for the inputs.
-        device: for inputs and labels (CPU if ``None``).
+    ``test_fraction`` is in :math:`(0, 1)`, ``seed`` a non-negative int, ``dtype`` a
+    floating dtype for the inputs, ``device`` for inputs and labels (CPU if ``None``).
 
     Returns:
         Split: ``x_train`` :math:`(n_\text{train}, 30)`, ``y_train`` :math:`(n_\text{train},)`
@@ -91,27 +77,19 @@ def load_breast_cancer_split(
     from sklearn.model_selection import train_test_split
     from sklearn.preprocessing import StandardScaler
 
-    if isinstance(test_fraction, bool) or not isinstance(test_fraction, numbers.Real):
-        raise TypeError(f"test_fraction must be a real number in (0, 1), got {type(test_fraction).__name__}")
-    if not 0 < test_fraction < 1:
-        raise ValueError(f"test_fraction must be a real number in (0, 1), got {test_fraction!r}")
+    test_fraction = check_fraction(test_fraction, "test_fraction")
     seed = check_int(seed, "seed", minimum=0)
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
     device = torch.device("cpu") if device is None else torch.device(device)
     data = load_breast_cancer()
     x_tr, x_te, y_tr, y_te = train_test_split(
-        data.data, data.target, test_size=float(test_fraction), stratify=data.target, random_state=seed % 2**32
+        data.data, data.target, test_size=test_fraction, stratify=data.target, random_state=seed % 2**32
     )
     scaler = StandardScaler().fit(x_tr)
-
-    def as_x(a: Any) -> Tensor:
-        return torch.as_tensor(scaler.transform(a), dtype=dtype, device=device)
-
-    def as_y(a: Any) -> Tensor:
-        return torch.as_tensor(a, dtype=torch.int64, device=device)
-
-    return Split(as_x(x_tr), as_y(y_tr), as_x(x_te), as_y(y_te))
+    x_tr, x_te = (torch.as_tensor(scaler.transform(a), dtype=dtype, device=device) for a in (x_tr, x_te))
+    y_tr, y_te = (torch.as_tensor(a, dtype=torch.int64, device=device) for a in (y_tr, y_te))
+    return Split(x_tr, y_tr, x_te, y_te)
 
 
 def _check_split(data: object) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -163,8 +141,8 @@ def train_noise_arm(
     Args:
         arm: one of :data:`ARMS`.
         data: ``(x_train, y_train, x_test, y_test)`` (a :class:`gni_lib.data.Split`).
-        seeds: the seeds, non-negative ints, at least one.
-        steps, batch_size, hidden, bins: positive ints.
+        seeds: at least one non-negative int.
+        steps, batch_size, hidden, bins: positive ints (``bins`` for the ECE).
         variance: the noise variance :math:`s^2 \ge 0`.
         lr: the step size, > 0.
 
@@ -184,8 +162,7 @@ def train_noise_arm(
     from gni_lib.jacobians import layer_jacobians
     from gni_lib.models import MLP
 
-    if arm not in ARMS:
-        raise ValueError(f"arm must be one of {ARMS}, got {arm!r}")
+    check_choice(arm, "arm", ARMS)
     x_tr, y_tr, x_te, y_te = _check_split(data)
     seeds = [check_int(k, "seeds", minimum=0) for k in seeds]
     if not seeds:
