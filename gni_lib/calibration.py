@@ -1,57 +1,28 @@
-r"""Calibration and classification margins of a softmax classifier.
+r"""Calibration and classification margins of a softmax classifier (Camuto et al. 2020, Sec. 4).
 
-Camuto et al. (2020), Sec. 4 ("Sensitivity", "Calibration") claim that
-Gaussian noise injections give classifiers with larger classification margins
-and better calibration. This module holds the measurements the book tests those
-claims with. Everything is a pure function of the logits :math:`z = h_L(x)`
-(and, for input-space margins, of the input Jacobian :math:`J_0 = \partial z /
-\partial x`, e.g. ``gni_lib.jacobians.layer_jacobians(model, x)[0]``).
-
-**Calibration** (Guo et al. 2017; Naeini et al. 2015). The confidence of a
-prediction is the largest softmax probability, :math:`\hat p(x) = \max_i
-\operatorname{softmax}(z)_i`, and the prediction is :math:`\hat y(x) =
-\arg\max_i z_i`. With :math:`M` equal-width bins
-
-.. math::
-
-    B_b = \{\, n : \hat p_n \in I_b \,\}, \qquad
-    I_1 = [0, \tfrac1M], \quad I_b = \bigl(\tfrac{b-1}M, \tfrac bM\bigr] \ (b = 2, \dots, M),
-
-(each bin closed on the right; the edges are :math:`b/M` in the confidences'
-dtype), the expected calibration error is
+The measurements behind the claim that Gaussian noise injections give larger margins and
+better calibration, as pure functions of the logits :math:`z = h_L(x)` and, for input-space
+margins, of the input Jacobian :math:`J_0 = \partial z / \partial x`
+(``gni_lib.jacobians.layer_jacobians(model, x)[0]``). With confidence
+:math:`\hat p = \max_i \operatorname{softmax}(z)_i`, prediction :math:`\hat y = \arg\max_i z_i`
+and :math:`M` right-closed equal-width confidence bins :math:`B_b`, the expected calibration
+error (Naeini et al. 2015; Guo et al. 2017, eq. 3; derived in lecture 10,
+book/10-calibration.md) is
 
 .. math::
 
     \operatorname{ECE} = \sum_{b=1}^{M} \frac{\lvert B_b\rvert}{n}
-        \bigl\lvert \operatorname{acc}(B_b) - \operatorname{conf}(B_b) \bigr\rvert,
-    \quad
-    \operatorname{acc}(B) = \frac{1}{\lvert B\rvert} \sum_{n \in B} \mathbb 1[\hat y_n = y_n],
-    \quad
-    \operatorname{conf}(B) = \frac{1}{\lvert B\rvert} \sum_{n \in B} \hat p_n,
+        \bigl\lvert \operatorname{acc}(B_b) - \operatorname{conf}(B_b) \bigr\rvert .
 
-empty bins contributing nothing.
-
-**Margins.** The *logit margin* of an example with label :math:`y` is
-:math:`m(x) = z_y - \max_{j \ne y} z_j` (positive iff the example is
-classified correctly, ties aside). The classification margin of Sokolić et al.
-(2017), which Camuto et al. use (App. D), is the distance in input space from
-:math:`x` to the nearest point that is classified differently. Two estimates of
-it from first-order information at :math:`x`:
+The logit margin is :math:`m = z_y - \max_{j \ne y} z_j`; two first-order estimates of the
+input-space margin of Sokolić et al. (2017) (Camuto et al., App. D; lecture 11,
+book/11-margins.md) are
 
 .. math::
 
-    \gamma_\text{lin}(x) = \min_{j \ne y}
-        \frac{z_y - z_j}{\lVert \nabla_x (z_y - z_j) \rVert_2}
-        = \min_{j \ne y} \frac{z_y - z_j}{\lVert (e_y - e_j)^\top J_0 \rVert_2},
-    \qquad
-    \gamma_\text{bound}(x) = \frac{m(x)}{\sqrt2\, \lVert J_0 \rVert_2},
-
-the first the distance to the nearest linearised pairwise decision boundary
-(exact for a network that is affine in its input), the second the form of
-Sokolić et al.'s lower bound with the local Jacobian in place of its supremum
-over the input domain. Since :math:`\lVert (e_y - e_j)^\top J_0\rVert_2 \le
-\sqrt2\,\lVert J_0\rVert_2` and :math:`z_y - z_j \ge m`, a correctly
-classified example has :math:`\gamma_\text{lin} \ge \gamma_\text{bound}`.
+    \gamma_\text{lin} = \min_{j \ne y} \frac{z_y - z_j}{\lVert (e_y - e_j)^\top J_0 \rVert_2}
+    \;\ge\; \gamma_\text{bound} = \frac{m}{\sqrt2\, \lVert J_0 \rVert_2}
+    \quad \text{(for a correctly classified example).}
 """
 
 from __future__ import annotations
@@ -115,10 +86,9 @@ def _check_labels(labels: object, logits: Tensor) -> Tensor:
         )
     if labels.device != logits.device:
         raise ValueError(f"labels must be on the logits' device {logits.device}, got {labels.device}")
-    if int(labels.min()) < 0 or int(labels.max()) >= classes:
-        raise ValueError(
-            f"labels must lie in [0, {classes - 1}], got values in [{int(labels.min())}, {int(labels.max())}]"
-        )
+    low, high = torch.stack(torch.aminmax(labels)).tolist()  # one host sync
+    if low < 0 or high >= classes:
+        raise ValueError(f"labels must lie in [0, {classes - 1}], got values in [{low}, {high}]")
     return labels
 
 
@@ -218,8 +188,7 @@ def reliability_diagram(logits: Tensor, labels: Tensor, *, bins: int = 10) -> Re
 
     Raises:
         TypeError: if an argument has the wrong type.
-        ValueError: on a bad shape, dtype, device, non-finite logits, a label out
-            of range, or ``bins < 1``.
+        ValueError: on a bad shape, dtype or device, non-finite logits, a label out of range, or ``bins < 1``.
     """
     logits = _check_logits(logits)
     labels = _check_labels(labels, logits)
@@ -248,21 +217,14 @@ def expected_calibration_error(logits: Tensor, labels: Tensor, *, bins: int = 10
             \bigl\lvert \operatorname{acc}(B_b) - \operatorname{conf}(B_b) \bigr\rvert
 
     (Naeini et al. 2015; Guo et al. 2017, eq. 3), with the bins of
-    :func:`confidence_bins` (right-closed, an edge value goes to the lower bin)
-    and empty bins contributing 0. It lies in :math:`[0, 1]`; ``bins=1`` gives
-    :math:`\lvert \text{accuracy} - \text{mean confidence}\rvert`. This is the
-    calibration measure behind Camuto et al. (2020), Sec. 4 and Fig. F.7.
+    :func:`confidence_bins` and empty bins contributing 0: the calibration measure
+    of Camuto et al. (2020), Sec. 4 and Fig. F.7. It lies in :math:`[0, 1]`;
+    ``bins=1`` gives :math:`\lvert \text{accuracy} - \text{mean confidence}\rvert`.
 
-    Args:
-        logits: :math:`(n, C)`, finite, floating, :math:`C \ge 2`.
-        labels: :math:`(n,)` int64 class indices, on the logits' device.
-        bins: :math:`M \ge 1`.
+    Args, Raises: as :func:`reliability_diagram`.
 
     Returns:
         Tensor: a scalar in the logits' dtype and device.
-
-    Raises:
-        TypeError, ValueError: as :func:`reliability_diagram`.
     """
     diagram = reliability_diagram(logits, labels, bins=bins)
     filled = diagram.count > 0
@@ -286,8 +248,7 @@ def logit_margin(logits: Tensor, labels: Tensor) -> Tensor:
 
     Raises:
         TypeError: if an argument is not a tensor.
-        ValueError: on a bad shape, dtype or device, non-finite logits, or a
-            label out of range.
+        ValueError: on a bad shape, dtype or device, non-finite logits, or a label out of range.
     """
     logits = _check_logits(logits)
     labels = _check_labels(labels, logits)
@@ -304,14 +265,11 @@ def input_margin(logits: Tensor, jacobian: Tensor, labels: Tensor) -> Tensor:
         \gamma_\text{lin}(x_n) = \min_{j \ne y_n}
             \frac{z_{n,y_n} - z_{n,j}}{\lVert (e_{y_n} - e_j)^\top J_0(x_n) \rVert_2},
 
-    the Euclidean distance from :math:`x_n` to the nearest of the hyperplanes
-    :math:`z_y - z_j = 0` of the network linearised at :math:`x_n`: a first-order
-    estimate of the classification margin of Sokolić et al. (2017) that Camuto
-    et al. (2020), App. D, discuss. It is exact when the logits are affine in the
-    input and the example is classified correctly (the region of class
-    :math:`y` is then a convex polyhedron). It is signed: negative for a
-    misclassified example. A zero gradient gives :math:`\pm\infty` (or NaN on
-    an exact tie) by IEEE division.
+    the distance from :math:`x_n` to the nearest hyperplane :math:`z_y - z_j = 0` of
+    the network linearised at :math:`x_n` (Sokolić et al. 2017; Camuto et al. 2020,
+    App. D). Exact for logits affine in the input and a correctly classified
+    example; negative for a misclassified one; a zero gradient gives
+    :math:`\pm\infty` (NaN on an exact tie) by IEEE division.
 
     Args:
         logits: :math:`z`, shape :math:`(n, C)`.
@@ -324,8 +282,7 @@ def input_margin(logits: Tensor, jacobian: Tensor, labels: Tensor) -> Tensor:
 
     Raises:
         TypeError: if an argument is not a tensor.
-        ValueError: on a bad shape, dtype or device, non-finite values, or a label
-            out of range.
+        ValueError: on a bad shape, dtype or device, non-finite values, or a label out of range.
     """
     logits = _check_logits(logits)
     labels = _check_labels(labels, logits)
