@@ -37,7 +37,6 @@ See ``book/notation.md`` for the notation.
 from . import optim
 from .accumulated import (
     accumulated_noise,
-    first_order_noise,
     noise_taylor_terms,
     noisy_output,
     second_order_noise,
@@ -114,7 +113,6 @@ __all__ = [
     "noisy_output",
     "accumulated_noise",
     "noise_taylor_terms",
-    "first_order_noise",
     "second_order_noise",
     "explicit_regularizer",
     "second_order_term",

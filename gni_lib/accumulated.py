@@ -1,18 +1,12 @@
 r"""Accumulated noise: how noise injected at every site reaches the network output.
 
-Put perturbations :math:`\varepsilon = (\varepsilon_0, \dots, \varepsilon_{L-1})`
-on the noise sites of a network (site :math:`k` returns
-:math:`h_k + \varepsilon_k` instead of :math:`h_k`, Camuto et al. 2020, eq. 5).
-The *accumulated noise* at the output is the change it causes,
-
-.. math::
-
-    \mathcal E_L(\varepsilon) = h_L(\varepsilon) - h_L(0),
-
-where :math:`h_L(\varepsilon)` is the output of the perturbed forward pass.
-Proposition 1 of Camuto et al. (2020) writes :math:`\mathcal E_L` as a
-layer-by-layer Taylor recursion. Along the ray :math:`t \mapsto t\varepsilon`
-the same quantity has the Taylor series
+With perturbations :math:`\varepsilon = (\varepsilon_0, \dots, \varepsilon_{L-1})` on the
+noise sites (site :math:`k` returns :math:`h_k + \varepsilon_k`, Camuto et al. 2020, eq. 5;
+or :math:`h_k \odot (1 + \varepsilon_k)` with ``mode="multiplicative"``, eq. 6), the
+accumulated noise at the output is :math:`\mathcal E_L(\varepsilon) = h_L(\varepsilon) - h_L(0)`.
+Prop. 1 of Camuto et al. writes it as a layer-by-layer Taylor recursion; regrouped by total
+order along the ray :math:`t \mapsto t\varepsilon` (lecture 03, book/03-accumulated-noise.md,
+eq-02-expansion),
 
 .. math::
 
@@ -20,30 +14,21 @@ the same quantity has the Taylor series
     + \frac{t^2}{2} \sum_{k, l} D^2_{kl} h_L[\varepsilon_k, \varepsilon_l] + O(t^3),
 
 with :math:`J_k = \partial h_L / \partial h_k` the layer Jacobians
-(:func:`gni_lib.jacobians.layer_jacobians`) and :math:`D^2_{kl} h_L` the mixed
-second derivative of the output with respect to the activations at sites
-:math:`k` and :math:`l` (clean pass). This module computes the exact
-:math:`\mathcal E_L` (:func:`accumulated_noise`) and the Taylor coefficients
-(:func:`noise_taylor_terms`, :func:`first_order_noise`,
-:func:`second_order_noise`) by nested forward-mode differentiation
-(``torch.func.jvp`` of ``torch.func.jvp``): one directional derivative per order,
-no Hessian is ever formed.
-
-``mode="multiplicative"`` makes site :math:`k` return
-:math:`h_k \odot (1 + \varepsilon_k)` instead, the multiplicative injection of
-Camuto et al. (2020), eq. 6, where ``noises[k]`` is :math:`\sigma_k z_k`.
+(:func:`gni_lib.jacobians.layer_jacobians`) and :math:`D^2_{kl} h_L` the mixed second
+derivatives of the clean pass. :func:`accumulated_noise` computes :math:`\mathcal E_L` exactly,
+:func:`noise_taylor_terms` the coefficients by nested ``torch.func.jvp`` (one directional
+derivative per order; no Hessian is formed).
 """
 
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
 
-from ._checks import check_choice, check_input
+from ._checks import check_choice, check_input, check_int, check_tensor
 from .jacobians import check_calls, check_model
 from .noise import NOISE_MODES, replace_site_outputs
 
@@ -51,7 +36,6 @@ __all__ = [
     "noisy_output",
     "accumulated_noise",
     "noise_taylor_terms",
-    "first_order_noise",
     "second_order_noise",
 ]
 
@@ -70,27 +54,14 @@ def _check_noises(noises: object, count: int, x: Tensor) -> list[Tensor]:
         raise ValueError(
             f"noises must hold one tensor per noise site ({count}), got {len(noises)}"
         )
-    checked = []
     for k, noise in enumerate(noises):
-        if not isinstance(noise, Tensor):
-            raise TypeError(f"noises[{k}] must be a torch.Tensor, got {type(noise).__name__}")
-        if noise.dtype != x.dtype or noise.device != x.device:
+        if isinstance(noise, Tensor) and (noise.dtype != x.dtype or noise.device != x.device):
             raise ValueError(
                 f"noises[{k}] must have x's dtype {x.dtype} and device {x.device}, "
                 f"got {noise.dtype} on {noise.device}"
             )
-        if not bool(torch.isfinite(noise).all()):
-            raise ValueError(f"noises[{k}] must be finite, but it holds NaN or infinite entries")
-        checked.append(noise)
-    return checked
-
-
-def _check_order(order: object) -> int:
-    if isinstance(order, bool) or not isinstance(order, numbers.Integral):
-        raise TypeError(f"order must be a non-negative int, got {type(order).__name__}")
-    if order < 0:
-        raise ValueError(f"order must be a non-negative int, got {order}")
-    return int(order)
+        check_tensor(noise, f"noises[{k}]")
+    return list(noises)
 
 
 def _ray_output(
@@ -164,12 +135,10 @@ def noisy_output(
         Tensor: :math:`h_L(\varepsilon)`, shape :math:`(B, d_L)`.
 
     Raises:
-        TypeError: if ``model`` is not a module, ``x`` not a tensor, ``noises`` not
-            a list/tuple of tensors.
-        ValueError: if ``model`` has no noise sites (or one is not used exactly
-            once), ``x`` is not a finite floating tensor fitting the model,
-            ``noises`` has the wrong length, or an entry has the wrong shape, dtype
-            or device or is not finite, or ``mode`` is unknown.
+        TypeError: if ``model`` is not a module, ``x`` not a tensor, ``noises`` not a list of tensors.
+        ValueError: on a model without noise sites (or one not used exactly once), an ``x``
+            that is not finite floating or does not fit, ``noises`` of the wrong length,
+            shape, dtype, device or not finite, or an unknown ``mode``.
     """
     output, x = _prepare(model, x, noises, mode)
     return output(torch.ones((), dtype=x.dtype, device=x.device))
@@ -180,9 +149,7 @@ def accumulated_noise(
 ) -> Tensor:
     r"""The accumulated output noise :math:`\mathcal E_L = h_L(\varepsilon) - h_L(0)`, exactly.
 
-    This is the :math:`\mathcal E_L` of Camuto et al. (2020), Prop. 1: the whole
-    change of the output caused by the perturbations, with no expansion.
-
+    The :math:`\mathcal E_L` of Camuto et al. (2020), Prop. 1, with no expansion.
     Args and raises as :func:`noisy_output`.
 
     Returns:
@@ -231,11 +198,10 @@ def noise_taylor_terms(
         c_3 = \tfrac16 \sum_{k,l,m} D^3_{klm} h_L[\varepsilon_k, \varepsilon_l, \varepsilon_m],
 
     so that :math:`\mathcal E_L(t\varepsilon) = \sum_{n=1}^{N} c_n t^n + O(t^{N+1})`
-    (Camuto et al. 2020, Prop. 1, regrouped by total order in the noise rather
-    than layer by layer). Each :math:`g^{(n)}(0)` is a directional derivative
-    taken by ``order`` nested ``torch.func.jvp`` calls (cost about :math:`2^n`
-    forward passes); no Jacobian or Hessian is formed. In ``"multiplicative"``
-    mode the direction is :math:`t \mapsto h_k \odot (1 + t\varepsilon_k)`.
+    (Camuto et al. 2020, Prop. 1, regrouped by total order in the noise). Each
+    :math:`g^{(n)}(0)` takes ``order`` nested ``torch.func.jvp`` calls (about :math:`2^n`
+    forward passes). In ``"multiplicative"`` mode the ray is
+    :math:`t \mapsto h_k \odot (1 + t\varepsilon_k)`; there :math:`c_1 = \sum_k J_k (h_k \odot \varepsilon_k)`.
 
     Args:
         model, x, noises, mode: as in :func:`noisy_output`.
@@ -245,35 +211,13 @@ def noise_taylor_terms(
         list[Tensor]: ``[c_0, ..., c_N]``, each of shape :math:`(B, d_L)`.
 
     Raises:
-        TypeError: as :func:`noisy_output`, or if ``order`` is not an int.
-        ValueError: as :func:`noisy_output`, or if ``order`` is negative.
+        TypeError, ValueError: as :func:`noisy_output`, or if ``order`` is not an int :math:`\ge 0`.
     """
-    order = _check_order(order)
+    order = check_int(order, "order", 0)
     output, x = _prepare(model, x, noises, mode)
     zero = torch.zeros((), dtype=x.dtype, device=x.device)
     derivatives = _ray_derivatives(output, order)(zero)
     return [d / math.factorial(n) for n, d in enumerate(derivatives)]
-
-
-def first_order_noise(
-    model: nn.Module, x: Tensor, noises: Sequence[Tensor], *, mode: str = "additive"
-) -> Tensor:
-    r"""The first-order accumulated noise :math:`\sum_k J_k \varepsilon_k` (Camuto et al. 2020, Prop. 1).
-
-    .. math::
-
-        \mathcal E_L^{(1)} = \sum_{k=0}^{L-1} J_k \varepsilon_k,
-        \qquad J_k = \frac{\partial h_L}{\partial h_k}\Big|_{\text{clean}},
-
-    per example, computed as one forward-mode directional derivative. In
-    ``"multiplicative"`` mode it is :math:`\sum_k J_k (h_k \odot \varepsilon_k)`.
-
-    Args and raises as :func:`noisy_output`.
-
-    Returns:
-        Tensor: shape :math:`(B, d_L)`.
-    """
-    return noise_taylor_terms(model, x, noises, 1, mode=mode)[1]
 
 
 def second_order_noise(

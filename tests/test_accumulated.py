@@ -15,7 +15,6 @@ from torch import nn
 
 from gni_lib.accumulated import (
     accumulated_noise,
-    first_order_noise,
     noise_taylor_terms,
     noisy_output,
     second_order_noise,
@@ -28,6 +27,11 @@ from _shared import DEVICES, one_thread, seeded_generator  # noqa: F401  (one_th
 
 F64 = torch.float64
 WIDTHS = [3, 5, 4, 2]
+
+
+def first_order_noise(model, x, noises, *, mode="additive"):
+    """The first-order term c_1 = sum_k J_k eps_k (Prop. 1), as noise_taylor_terms gives it."""
+    return noise_taylor_terms(model, x, noises, 1, mode=mode)[1]
 
 
 def _mlp(widths=WIDTHS, activation="tanh", device="cpu", seed=0, **kwargs):
