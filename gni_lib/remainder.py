@@ -83,8 +83,7 @@ def taylor_remainders(
     ``max_order + 1`` (the last one gives the leading term of :math:`r_N`).
 
     Args:
-        model: a network with noise sites, as for :func:`~gni_lib.accumulated.accumulated_noise`.
-        x: inputs, shape :math:`(B, d_0)`.
+        model, x: as for :func:`~gni_lib.accumulated.accumulated_noise`.
         direction: the noise direction :math:`z_k`, one tensor of shape :math:`(B, d_k)` per site.
         sigmas: positive noise levels, shape ``(S,)``.
         max_order: the largest :math:`N \ge 1`.
@@ -93,10 +92,9 @@ def taylor_remainders(
         TaylorRemainders: with ``remainders`` of shape ``(N, S)``.
 
     Raises:
-        TypeError: if ``max_order`` is not an int or ``sigmas`` is not numeric, or as
+        TypeError, ValueError: if ``max_order`` is not an int :math:`\ge 1`, ``sigmas`` not a
+            non-empty 1-D sequence of finite positive reals, or as
             :func:`~gni_lib.accumulated.accumulated_noise` for ``model``, ``x``, ``direction``.
-        ValueError: if ``max_order < 1``, ``sigmas`` is empty, not one-dimensional, or not
-            finite and positive, or as :func:`~gni_lib.accumulated.accumulated_noise`.
     """
     max_order = check_int(max_order, "max_order", minimum=1)
     levels = _check_sigmas(sigmas)

@@ -1,43 +1,30 @@
 r"""Fourier spectra of sampled functions, and the Sobolev seminorm computed from them.
 
 Camuto et al. (2020), Thm. 2 (eq. 15), write the first-order Sobolev seminorm
-:math:`\sum_{|\alpha|=1} \lVert D^\alpha f \rVert^2_{L^2_\mu}` as an integral over the
-Fourier transform of :math:`f`; eqs. 16-17 turn the explicit regulariser :math:`R`
-of a regression network into such integrals. On a periodic grid the statement
-becomes a finite one. Take :math:`N` samples :math:`v_n = f(x_n)`,
-:math:`x_n = nP/N`, of a function of period :math:`P`, and their discrete Fourier
-coefficients
+:math:`\lVert f' \rVert^2_{L^2_\mu}` as an integral over the Fourier transform of :math:`f`
+(eqs. 16-17 turn the explicit regulariser :math:`R` into such integrals); on a periodic grid
+it becomes a finite sum, derived in lecture 08 (book/08-fourier-sobolev.md). For :math:`N`
+samples :math:`v_n = f(x_n)`, :math:`x_n = nP/N`, of a function of period :math:`P`, with
+discrete Fourier coefficients
 
 .. math::
 
     c_k = \frac1N \sum_{n=0}^{N-1} v_n\, e^{-2\pi i k n / N},
-    \qquad k = -\lceil N/2 \rceil + 1, \dots, \lfloor N/2 \rfloor .
+    \qquad k = -\lceil N/2 \rceil + 1, \dots, \lfloor N/2 \rfloor ,
 
-**Convention.** Frequencies are in cycles per unit length, :math:`\nu_k = k / P`
-(so on :math:`[0, 1)` frequency :math:`k` is FFT bin :math:`k`); derivatives bring
-down :math:`2\pi i \nu_k`. The coefficients are those of the *symmetric
-trigonometric interpolant*
-
-.. math::
-
-    p(x) = \sum_{|k| < N/2} c_k\, e^{2\pi i k x / P}
-        \;+\; c_{N/2} \cos(\pi N x / P) \quad (\text{last term for even } N \text{ only}),
-
-the real trigonometric polynomial of lowest degree through the samples.
-:func:`fourier_spectrum` gives its one-sided amplitudes, and
-:func:`sobolev_seminorm_fourier` the mean of :math:`p'^2` over one period,
+frequencies are in cycles per unit length, :math:`\nu_k = k / P`, and derivatives bring down
+:math:`2\pi i \nu_k`. The :math:`c_k` are those of the symmetric trigonometric interpolant
+:math:`p(x) = \sum_{|k| < N/2} c_k e^{2\pi i k x / P} + c_{N/2} \cos(\pi N x / P)` (last term
+for even :math:`N` only), and by Parseval
 
 .. math::
 
     \frac1P \int_0^P p'(x)^2\,dx = \sum_{|k| < N/2} \Bigl(\frac{2\pi k}{P}\Bigr)^2 |c_k|^2
         + \frac12 \Bigl(\frac{\pi N}{P}\Bigr)^2 |c_{N/2}|^2 .
 
-If the samples come from a trigonometric polynomial :math:`f` of degree
-:math:`K < N/2`, then :math:`p = f`, and since :math:`f'^2` has degree
-:math:`2K < N` the grid mean integrates it exactly:
-:math:`\frac1N \sum_n f'(x_n)^2 = \frac1P \int_0^P f'^2\,dx`, which is the
-seminorm above. For any other :math:`f` the two differ by aliasing (and, if the
-periodic extension of :math:`f` jumps, by a Gibbs term that grows with :math:`N`).
+For a trigonometric polynomial :math:`f` of degree below :math:`N/2` this equals the grid mean
+:math:`\frac1N \sum_n f'(x_n)^2`; otherwise the two differ by aliasing (and by a Gibbs term
+that grows with :math:`N` if the periodic extension of :math:`f` jumps).
 """
 
 from __future__ import annotations
@@ -92,9 +79,8 @@ def fourier_spectrum(values: Tensor, *, period: float = 1.0) -> tuple[Tensor, Te
 
     Raises:
         TypeError: if ``values`` is not a tensor or ``period`` not a real number.
-        ValueError: if ``values`` has fewer than two samples on its last axis, is
-            not real floating point, or not finite; or ``period`` is not positive
-            and finite.
+        ValueError: if ``values`` is not a finite real floating tensor with at least two
+            samples on its last axis, or ``period`` is not positive and finite.
     """
     values, period = _check_args(values, period)
     n = values.shape[-1]
@@ -123,18 +109,13 @@ def sobolev_seminorm_fourier(values: Tensor, *, period: float = 1.0) -> Tensor:
     with :math:`\mathcal G(\omega) = \omega\,\mathcal F(\omega)` and
     :math:`\omega = 2\pi k / P`. For samples of a trigonometric polynomial of degree
     :math:`< N/2` it equals the grid mean :math:`\frac1N\sum_n f'(x_n)^2` to
-    round-off (Parseval; see the module docstring), so :math:`\frac{\sigma^2}{2} S`
-    is then the input-site part of the explicit regulariser :math:`R` (eqs. 11, 16-17).
+    round-off, so :math:`\frac{\sigma^2}{2} S` is then the input-site part of the
+    explicit regulariser :math:`R` (eqs. 11, 16-17).
 
-    Args:
-        values: samples, shape :math:`(\dots, N)`, :math:`N \ge 2`.
-        period: :math:`P > 0`.
+    Args, Raises: as :func:`fourier_spectrum`.
 
     Returns:
         Tensor: shape :math:`(\dots)`, in ``values``' dtype and device.
-
-    Raises:
-        TypeError, ValueError: as :func:`fourier_spectrum`.
     """
     values, period = _check_args(values, period)
     n = values.shape[-1]
