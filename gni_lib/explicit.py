@@ -1,19 +1,12 @@
-r"""Independent routes to the explicit regulariser and its remainder (book chapters 05 and 06).
+r"""Independent routes to the explicit regulariser and its remainder (lectures 05 and 06).
 
-:func:`gni_lib.regularisers.explicit_regularizer` computes Camuto et al.'s (2020)
-explicit regulariser from vector-Jacobian products, and
-:func:`gni_lib.gap.noisy_loss_gap` the noisy-loss gap by Monte Carlo. The chapters
-check both against routes that share nothing with them:
-
-- :func:`brute_force_regulariser`: eq. 9 with every per-example Jacobian from
-  ``torch.func.jacrev`` and the output Hessian of the loss from ``torch.func.hessian``;
-- :func:`quadrature_gap`: the gap for noise on a one-dimensional input, by
-  Gauss-Hermite quadrature instead of Monte Carlo, exact to round-off for smooth
-  integrands.
-
-and measure the remainder :math:`\mathbb E[C] = \text{gap} - R` relative to :math:`R`:
-exactly in the small-noise limit (:func:`curvature_share`, :math:`N/R`) and by Monte
-Carlo at the model's noise level (:func:`remainder_ratio`).
+Oracles that share nothing with :func:`gni_lib.regularisers.explicit_regularizer`
+(vector-Jacobian products) and :func:`gni_lib.gap.noisy_loss_gap` (Monte Carlo):
+:func:`brute_force_regulariser` (eq. 9 from ``torch.func.jacrev`` and
+``torch.func.hessian``, example by example) and :func:`quadrature_gap`
+(Gauss-Hermite quadrature for noise on a one-dimensional input); and the remainder
+:math:`\mathbb E[C] = \text{gap} - R` relative to :math:`R`, exactly in the
+small-noise limit (:func:`curvature_share`) and by Monte Carlo (:func:`remainder_ratio`).
 """
 
 from __future__ import annotations
@@ -24,12 +17,12 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ._checks import check_input, check_int, check_real, check_target
+from ._checks import check_choice, check_input, check_int, check_real, check_target
 from .gap import noisy_loss_gap
 from .jacobians import check_model
-from .losses import per_example_loss
+from .losses import LOSSES, per_example_loss
 from .noise import GaussianNoise
-from .regularisers import check_loss, explicit_regularizer, second_order_term
+from .regularisers import explicit_regularizer, second_order_term
 
 __all__ = ["brute_force_regulariser", "curvature_share", "quadrature_gap", "remainder_ratio"]
 
@@ -54,15 +47,13 @@ def brute_force_regulariser(model: nn.Module, x: Tensor, y: Tensor, *, loss: str
         \operatorname{Tr}\big(J_k^\top(x_b)\, H_L(x_b, y_b)\, J_k(x_b)\big),
 
     with :math:`J_k = \partial h_L/\partial h_k` from ``torch.func.jacrev`` of the
-    clean network with a zero perturbation added at every site, and
-    :math:`H_L = \nabla^2_{h_L}\ell` from ``torch.func.hessian`` of the per-example
-    loss, one example at a time. Slow (a Jacobian per example and site) and meant
-    as an oracle for :func:`gni_lib.regularisers.explicit_regularizer`.
+    clean network with a zero perturbation at every site, and :math:`H_L = \nabla^2_{h_L}\ell`
+    from ``torch.func.hessian`` of the per-example loss, one example at a time. Slow;
+    an oracle for :func:`gni_lib.regularisers.explicit_regularizer`.
 
     Args:
-        model: an ``nn.Sequential`` of ``nn.Linear`` layers, activations and
-            additive ``GaussianNoise`` sites, each site directly before a linear layer
-            (the layout of :func:`gni_lib.models.MLP`).
+        model: an ``nn.Sequential`` of ``nn.Linear`` layers, activations and additive
+            ``GaussianNoise`` sites, one directly before each linear layer (as :func:`gni_lib.models.MLP`).
         x: inputs, shape :math:`(B, d_0)`.
         y: targets, :math:`(B, d_L)` for ``"mse"``, int64 labels :math:`(B,)` for ``"ce"``.
         loss: ``"mse"`` (½-squared error) or ``"ce"`` (softmax cross-entropy).
@@ -72,11 +63,10 @@ def brute_force_regulariser(model: nn.Module, x: Tensor, y: Tensor, *, loss: str
 
     Raises:
         TypeError: if ``model`` is not an ``nn.Sequential`` or ``x``, ``y`` are not tensors.
-        ValueError: for an unknown ``loss``, a model without noise sites or with a
-            multiplicative site, a site count that does not match the linear layers,
-            or ``x``, ``y`` of the wrong shape.
+        ValueError: for an unknown ``loss``, a model without noise sites, with a
+            multiplicative site or not one site per linear layer, or bad ``x``, ``y``.
     """
-    loss = check_loss(loss)
+    loss = check_choice(loss, "loss", tuple(LOSSES))
     sites = check_model(model)
     if not isinstance(model, nn.Sequential):
         raise TypeError(f"model must be an nn.Sequential (an MLP from gni_lib.models), got {type(model).__name__}")
@@ -111,11 +101,11 @@ def quadrature_gap(
         \big[\ell(f(x_b + \sigma z), y_b)\big] - \ell(f(x_b), y_b)\Big)
         \approx \frac1B\sum_b \Big(\sum_{i=1}^{n} w_i\, \ell(f(x_b + \sigma z_i), y_b) - \ell(f(x_b), y_b)\Big),
 
-    with nodes :math:`z_i` and weights :math:`w_i` of the probabilists' Hermite rule
-    (``numpy.polynomial.hermite_e.hermegauss``, normalised to sum to 1). For smooth
-    :math:`f` and :math:`\ell` the rule with 60 nodes is exact to round-off at the
-    :math:`\sigma` of the book (compare with more nodes to check). The model runs in
-    ``eval()`` mode (its own noise sites off) and is returned to its mode after.
+    with the nodes :math:`z_i` and weights :math:`w_i` of the probabilists' Hermite rule
+    (``numpy.polynomial.hermite_e.hermegauss``, normalised to sum to 1): exact to
+    round-off at the book's :math:`\sigma` with 60 nodes for smooth :math:`f, \ell`
+    (compare with more nodes to check). The model runs in ``eval()`` mode (its own
+    sites off) and is returned to its mode after.
 
     Args:
         model: a network with input width 1.
@@ -130,10 +120,10 @@ def quadrature_gap(
 
     Raises:
         TypeError: for arguments of the wrong type.
-        ValueError: for ``x`` not of shape :math:`(B, 1)`, a negative ``sigma``,
-            ``n_nodes < 2`` or an unknown ``loss``.
+        ValueError: for ``x`` not :math:`(B, 1)`, a negative ``sigma``, ``n_nodes < 2``
+            or an unknown ``loss``.
     """
-    loss = check_loss(loss)
+    loss = check_choice(loss, "loss", tuple(LOSSES))
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     x = check_input(x)
@@ -157,6 +147,15 @@ def quadrature_gap(
         model.train(was_training)
 
 
+def _nonzero_regulariser(model: nn.Module, x: Tensor, loss: str, ratio: str) -> float:
+    """:math:`R` (eq. 9) as a float; raise if it is 0, as ``ratio`` is then undefined."""
+    with torch.no_grad():
+        r = explicit_regularizer(model, x, loss=loss).item()
+    if r == 0:
+        raise ValueError(f"model has R = 0 (every noise site at sigma 0?): {ratio} is undefined")
+    return r
+
+
 def curvature_share(model: nn.Module, x: Tensor, y: Tensor, *, loss: str = "mse") -> float:
     r"""The small-noise limit of :math:`\mathbb E[C]/R`: the network-curvature share :math:`N/R`.
 
@@ -167,14 +166,12 @@ def curvature_share(model: nn.Module, x: Tensor, y: Tensor, *, loss: str = "mse"
 
     with :math:`R` from :func:`gni_lib.regularisers.explicit_regularizer` (Camuto et
     al. 2020, eq. 9) and :math:`T_2` from :func:`gni_lib.regularisers.second_order_term`,
-    both at the noise levels of the model's sites. Both scale as :math:`\sigma^2`, so
-    the share does not depend on a common noise level. Exact; draws no noise.
+    at the sites' noise levels. Both scale as :math:`\sigma^2`, so the share does not
+    depend on a common noise level. Exact; draws no noise.
 
     Args:
         model: a network with ``GaussianNoise`` sites, not all at zero noise.
-        x: inputs, shape :math:`(B, d_0)`.
-        y: targets, as for :func:`gni_lib.gap.per_example_loss`.
-        loss: ``"mse"`` or ``"ce"``.
+        x, y, loss: as :func:`gni_lib.regularisers.second_order_term`.
 
     Returns:
         float: :math:`N/R`.
@@ -183,10 +180,7 @@ def curvature_share(model: nn.Module, x: Tensor, y: Tensor, *, loss: str = "mse"
         ValueError: where ``explicit_regularizer`` or ``second_order_term`` raise, or
             if :math:`R = 0` (every site at zero noise, or a constant network).
     """
-    with torch.no_grad():
-        r = explicit_regularizer(model, x, loss=loss).item()
-    if r == 0:
-        raise ValueError("model has R = 0 (every noise site at sigma 0?): N/R is undefined")
+    r = _nonzero_regulariser(model, x, loss, "N/R")
     return (second_order_term(model, x, y, loss=loss).item() - r) / r
 
 
@@ -208,16 +202,12 @@ def remainder_ratio(
 
     with :math:`R` exact (:func:`gni_lib.regularisers.explicit_regularizer`, Camuto et
     al. 2020, Thm. 1) and the gap and its standard error from
-    :func:`gni_lib.gap.noisy_loss_gap` with antithetic pairs. The noise comes from
-    ``generator`` only (computing :math:`R` draws nothing).
+    :func:`gni_lib.gap.noisy_loss_gap` with antithetic pairs. Only the gap draws
+    noise, from ``generator``.
 
     Args:
-        model: a network with ``GaussianNoise`` sites.
-        x: inputs, shape :math:`(B, d_0)`.
-        y: targets, as for :func:`gni_lib.gap.per_example_loss`.
-        loss: ``"mse"`` or ``"ce"``.
-        samples: noisy forward passes (even, at least 4).
-        generator: the source of the noise.
+        model, x, y, loss, samples, generator: as :func:`gni_lib.gap.noisy_loss_gap`
+            (``samples`` even and at least 4).
 
     Returns:
         tuple[float, float]: ``(E[C]/R, SE/R)``.
@@ -226,9 +216,6 @@ def remainder_ratio(
         ValueError: where ``explicit_regularizer`` or ``noisy_loss_gap`` raise, or if
             :math:`R = 0`.
     """
-    with torch.no_grad():
-        r = explicit_regularizer(model, x, loss=loss).item()
-    if r == 0:
-        raise ValueError("model has R = 0 (every noise site at sigma 0?): E[C]/R is undefined")
+    r = _nonzero_regulariser(model, x, loss, "E[C]/R")
     gap, se = noisy_loss_gap(model, x, y, loss=loss, samples=samples, generator=generator)
     return (gap.item() - r) / r, se.item() / r

@@ -1,26 +1,16 @@
 r"""The noisy-loss gap :math:`\mathbb E_\varepsilon[\tilde L] - L`, by Monte Carlo, with its SE.
 
-This is the left-hand side of Camuto et al. (2020), Thm. 1: how much the noise
-raises the loss on average,
-
-.. math::
-
-    \Delta = \mathbb E_\varepsilon\bigl[\tilde L(\varepsilon)\bigr] - L,
-    \qquad \tilde L(\varepsilon)
-        = \frac1B \sum_{b=1}^B \ell\bigl(\tilde h_L(x_b; \varepsilon_b), y_b\bigr),
-
-where every noise site :math:`k` adds :math:`\sigma_k \varepsilon_{k}` (or
-multiplies by :math:`1 + \sigma_k \varepsilon_k`), independently for every
-example. It is compared with :math:`R` (:func:`gni_lib.regularisers.explicit_regularizer`)
-and the full second-order term (:func:`gni_lib.regularisers.second_order_term`).
+The left-hand side of Camuto et al. (2020), Thm. 1: how much the noise raises the
+loss on average, compared with :math:`R` (:func:`gni_lib.regularisers.explicit_regularizer`)
+and :math:`T_2` (:func:`gni_lib.regularisers.second_order_term`) in lecture 05
+(book/05-explicit-regulariser.md).
 
 **Antithetic pairs.** :math:`\tilde L(\varepsilon) - L` has a first-order part
 :math:`\nabla L^\top \varepsilon` of zero mean whose variance swamps the
 :math:`O(\sigma^2)` mean when :math:`\sigma` is small (relative error
 :math:`\propto 1/\sigma`). The average of :math:`\tilde L(\varepsilon)` and
 :math:`\tilde L(-\varepsilon)` has the same mean and no first-order part, so
-pairs :math:`(+\varepsilon, -\varepsilon)` keep the relative error flat in
-:math:`\sigma`.
+pairs :math:`(+\varepsilon, -\varepsilon)` keep the relative error flat in :math:`\sigma`.
 """
 
 from __future__ import annotations
@@ -30,11 +20,10 @@ import math
 import torch
 from torch import Tensor, nn
 
-from ._checks import check_input, check_int, check_target
+from ._checks import check_choice, check_input, check_int, check_target
 from .jacobians import check_calls, check_model, run_model
-from .losses import per_example_loss  # noqa: F401 (the chapters import it from here)
+from .losses import LOSSES, per_example_loss  # noqa: F401 (the chapters import per_example_loss from here)
 from .noise import replace_site_outputs
-from .regularisers import check_loss
 from .seeding import check_generator
 
 __all__ = ["noisy_loss_gap", "per_example_loss"]
@@ -59,28 +48,22 @@ def noisy_loss_gap(
 
         \hat\Delta = \frac1N \sum_{s=1}^{N} g_s, \qquad
         \operatorname{SE} = \frac{\operatorname{std}(g_1, \dots, g_N)}{\sqrt N},
+        \qquad g_s = \tfrac12\bigl(\tilde L(\varepsilon_s) + \tilde L(-\varepsilon_s)\bigr) - L,
 
-    where, with ``antithetic=True`` (the default), :math:`N` = ``samples``/2 and
-    :math:`g_s = \tfrac12\bigl(\tilde L(\varepsilon_s) + \tilde L(-\varepsilon_s)\bigr) - L`,
-    and with ``antithetic=False``, :math:`N` = ``samples`` and
-    :math:`g_s = \tilde L(\varepsilon_s) - L`. ``samples`` is the number of noisy
-    forward passes of the batch either way. :math:`\tilde L(\varepsilon)` is the
-    batch-mean loss with noise site :math:`k` returning
-    :math:`h_k + \sigma_k \varepsilon_k` (additive) or
-    :math:`h_k (1 + \sigma_k \varepsilon_k)` (multiplicative), :math:`\sigma_k`
-    taken from the site (Camuto et al. 2020, eqs. 5, 6, Thm. 1).
+    with :math:`N` = ``samples``/2 pairs; with ``antithetic=False``, :math:`N` =
+    ``samples`` and :math:`g_s = \tilde L(\varepsilon_s) - L`. ``samples`` counts the
+    noisy forward passes either way. :math:`\tilde L(\varepsilon)` is the batch-mean
+    loss with site :math:`k` returning :math:`h_k + \sigma_k \varepsilon_k` or
+    :math:`h_k (1 + \sigma_k \varepsilon_k)`, independently per example
+    (Camuto et al. 2020, eqs. 5, 6, Thm. 1). Computed without a graph.
 
-    **The noise comes from** ``generator``, not from the sites' own generators
-    (which are left untouched). Draws are stacked along the batch dimension, so
-    that many draws go through the network in one forward pass (chunks of about
-    ``ROWS_PER_CHUNK`` rows). Draw order: for each chunk of :math:`n` draws
-    (pairs), for each site in the order the forward pass reaches it,
-    ``torch.empty((n * B, *site_shape)).normal_(generator=generator)`` (the
-    same numbers as ``torch.randn`` with that shape); draw :math:`s`
-    of the chunk is rows :math:`sB, \dots, sB + B - 1`. Each chunk also runs the
-    clean batch, and :math:`L` is taken from it, so that :math:`\tilde L - L` is
-    computed by the same kernels (this matters in float32 for small
-    :math:`\sigma`). Computed without a graph.
+    **Draw order.** The noise comes from ``generator``; the sites' own generators are
+    untouched. Draws are stacked along the batch axis, chunks of about
+    ``ROWS_PER_CHUNK`` rows per forward pass: for each chunk of :math:`n` draws (pairs),
+    for each site in forward order, ``torch.empty((n * B, *site_shape)).normal_(generator=generator)``
+    (the numbers of ``torch.randn``); draw :math:`s` is rows :math:`sB, \dots, sB + B - 1`.
+    Each chunk also runs the clean batch and takes :math:`L` from it, so that
+    :math:`\tilde L - L` uses the same kernels (this matters in float32 at small :math:`\sigma`).
 
     Args:
         model: an ``nn.Module`` with ``GaussianNoise`` sites whose examples do not
@@ -89,8 +72,8 @@ def noisy_loss_gap(
         y: targets: shape :math:`(B, d_L)` and the output's dtype for ``"mse"``;
             int64 class indices of shape :math:`(B,)` for ``"ce"``.
         loss: ``"mse"`` (½-squared error) or ``"ce"`` (softmax cross-entropy).
-        samples: noisy forward passes, at least 2 (even and at least 4 when ``antithetic``,
-            so that there are two pairs to take a standard error over).
+        samples: noisy forward passes, at least 2 (with ``antithetic``: even and at
+            least 4, two pairs for a standard error).
         antithetic: use pairs :math:`(+\varepsilon, -\varepsilon)`.
         generator: the source of the noise; ``None`` uses torch's global generator.
 
@@ -100,12 +83,11 @@ def noisy_loss_gap(
 
     Raises:
         TypeError: if an argument has the wrong type.
-        ValueError: for an unknown ``loss``; ``samples < 2``, or odd or below 4 with
-            ``antithetic``; a model with no noise sites; ``x`` or ``y`` of the wrong
-            shape, dtype or range, or not finite; a generator on another device type.
+        ValueError: for an unknown ``loss``, too few or (antithetic) odd ``samples``, a
+            model with no noise sites, bad ``x`` or ``y``, or a generator on another device type.
     """
     sites = check_model(model)
-    loss = check_loss(loss)
+    loss = check_choice(loss, "loss", tuple(LOSSES))
     samples = check_int(samples, "samples", minimum=2)
     if not isinstance(antithetic, bool):
         raise TypeError(f"antithetic must be a bool, got {type(antithetic).__name__}")
