@@ -234,3 +234,11 @@ def check_fraction(value: object, name: str) -> float:
     if not 0 < value < 1:
         raise ValueError(f"{name} must be a real number in (0, 1), got {value!r}")
     return float(value)
+
+
+def check_flag(value: object, name: str, *, none: bool = False) -> bool | None:
+    """``True`` or ``False`` (a ``bool``, not 0 or 1), or ``None`` too with ``none``."""
+    if isinstance(value, bool) or (none and value is None):
+        return value
+    expected = "True, False or None" if none else "True or False"
+    raise TypeError(f"{name} must be {expected}, got {type(value).__name__}")

@@ -35,7 +35,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad_and_value, stack_module_state, vmap
 
-from ._checks import check_choice, check_real, check_values
+from ._checks import check_choice, check_flag, check_real, check_values
 from .losses import ce_hessian_root, get_loss, per_example_loss
 from .models import MLPPass, MLPStructure, elementwise, mlp_structure, mlp_weights
 from .noise import GaussianNoise, noise_sites, replace_site_outputs
@@ -254,9 +254,7 @@ def _check_method(
     lrs = check_values(lr, count, "lr", lambda v, name: check_real(v, name, positive=True), per="model")
     check_choice(method, "method", tuple(METHODS))
     sigmas = check_values(sigma, count, "sigma", _check_sigma, per="model")
-    if not isinstance(layerwise, bool):
-        raise TypeError(f"layerwise must be True or False, got {type(layerwise).__name__}")
-    if layerwise and method != "perturbed_gd":
+    if check_flag(layerwise, "layerwise") and method != "perturbed_gd":
         raise ValueError(f"layerwise=True needs method='perturbed_gd', got method={method!r}")
     if method in ("gd", "adam") and any(s > 0 for s in sigmas):
         raise ValueError(f"sigma must be 0 with method={method!r} (pick 'pgd', 'anti_pgd' or 'perturbed_gd')")
@@ -330,10 +328,8 @@ def _check_fast_path(fast_path: object, model: nn.Module, sites_matter: bool) ->
     """The route: an MLP, whose noise sites (when they inject noise or enter R) each feed a linear layer."""
     structure = mlp_structure(model)
     can_fast = structure is not None and not (sites_matter and None in structure.site_layers)
-    if fast_path is None:
+    if check_flag(fast_path, "fast_path", none=True) is None:
         return can_fast
-    if not isinstance(fast_path, bool):
-        raise TypeError(f"fast_path must be True, False or None, got {type(fast_path).__name__}")
     if fast_path and not can_fast:
         raise ValueError(
             "fast_path=True needs a Sequential of Linear layers and elementwise activations; "
@@ -671,8 +667,7 @@ def train_ensemble(
         FloatingPointError: if a model's loss or gradient is NaN or infinite; the
             message names the models and the step, which no model takes.
     """
-    if inject_noise is not None and not isinstance(inject_noise, bool):
-        raise TypeError(f"inject_noise must be True, False or None, got {type(inject_noise).__name__}")
+    check_flag(inject_noise, "inject_noise", none=True)
     models = _check_models(models, allow_noise=inject_noise is not None)
     count = len(models)
     run = _check_run(x, y, steps, x_test, y_test, record_every, batch_size, progress, record_extra)

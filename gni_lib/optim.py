@@ -36,7 +36,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._checks import check_choice, check_generator, check_real, check_tensor_dict
+from ._checks import check_choice, check_flag, check_generator, check_real, check_tensor_dict
 from .noise import NOISE_DISTRIBUTIONS, standard_noise
 
 __all__ = [
@@ -517,8 +517,7 @@ class PerturbedGD(_NoisyOptimizer):
         distribution: str = "gaussian",
         momentum: float = 0.0,
     ) -> None:
-        if not isinstance(layerwise, bool):
-            raise TypeError(f"layerwise must be True or False, got {type(layerwise).__name__}")
+        check_flag(layerwise, "layerwise")
         super().__init__(params, lr, sigma, generator=generator, distribution=distribution, momentum=momentum)
         self.layerwise = layerwise
 

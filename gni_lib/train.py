@@ -7,21 +7,14 @@ r"""A small training loop: noisy training, penalised training, and the clean cur
     \mathcal J(\theta) = L\bigl(F_\theta(x_\mathcal B), y_\mathcal B\bigr)
         + \lambda\, P(F_\theta, x_\mathcal B),
 
-with the model in training mode, so its :class:`gni_lib.noise.GaussianNoise`
-sites inject noise: the gradient of one step is then the gradient of the noisy
-loss at one noise draw, as in Camuto et al. (2020), Sec. 5. :math:`P` is an
-optional penalty, for example :func:`gni_lib.penalties.jacobian_penalty`
-or the explicit regulariser. It records the *clean* losses (noise off) on the
-whole training and test sets as it goes, in a :class:`History`.
-
-The step is taken by any :class:`torch.optim.Optimizer`: one named in
-:data:`OPTIMIZERS` (plain SGD, Adam, and the noisy optimisers of
-:mod:`gni_lib.optim`: PGD, Anti-PGD, perturbed GD) or an instance built by the
-caller. The three ways of regularising with noise that the book compares all
-fit in: noise in the network (``MLP(..., sigma=s)``, the default
-``inject_noise=True``), noise in the optimiser (``optimizer="anti_pgd"``), and the
-explicit regulariser in place of the noise (``penalty=R``, ``inject_noise=False``).
-Many seeds at once: :func:`gni_lib.ensemble.train_ensemble`.
+in training mode, so the :class:`gni_lib.noise.GaussianNoise` sites inject noise
+and a step follows the gradient of the noisy loss at one draw (Camuto et al. 2020,
+Sec. 5); :math:`P` is an optional penalty (e.g. the explicit regulariser). It records
+the *clean* losses in a :class:`History`. The three ways of regularising with noise
+that the book compares all fit in: noise in the network (``MLP(..., sigma=s)``),
+in the optimiser (``optimizer="anti_pgd"``, :mod:`gni_lib.optim`), and the explicit
+regulariser in its place (``penalty=R, inject_noise=False``). Many seeds at once:
+:func:`gni_lib.ensemble.train_ensemble`.
 """
 
 from __future__ import annotations
@@ -38,7 +31,7 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from ._checks import check_pair, check_positive_int, check_real
+from ._checks import check_flag, check_generator, check_pair, check_positive_int, check_real
 from .losses import get_loss
 from .optim import PGD, AntiPGD, PerturbedGD
 
@@ -50,8 +43,8 @@ __all__ = ["History", "train", "OPTIMIZERS"]
 #: weight decay unless given), ``"adam"`` is :class:`torch.optim.Adam` with its defaults;
 #: ``"pgd"``, ``"anti_pgd"`` and ``"perturbed_gd"`` are :class:`gni_lib.optim.PGD`,
 #: :class:`~gni_lib.optim.AntiPGD` and :class:`~gni_lib.optim.PerturbedGD`, which need
-#: ``optimizer_kwargs={"sigma": s}`` and take ``generator``, ``layerwise`` (perturbed GD) and
-#: ``base`` with its settings.
+#: ``optimizer_kwargs={"sigma": s}`` and take ``generator``, ``distribution``, ``momentum`` and
+#: ``layerwise`` (perturbed GD).
 OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
     "adam": lambda params, lr, **kwargs: torch.optim.Adam(params, lr=lr, **kwargs),
     "sgd": lambda params, lr, **kwargs: torch.optim.SGD(params, lr=lr, **kwargs),
@@ -114,10 +107,8 @@ class History:
 
 
 def _show_progress(progress: bool | None) -> bool:
-    if progress is None:
+    if check_flag(progress, "progress", none=True) is None:
         return sys.stderr.isatty() and "CI" not in os.environ
-    if not isinstance(progress, bool):
-        raise TypeError(f"progress must be True, False or None, got {type(progress).__name__}")
     return progress
 
 
@@ -351,104 +342,77 @@ def train(
 ) -> History:
     r"""Train ``model`` in place for ``steps`` optimiser updates and return what was recorded.
 
-    Each update :math:`t = 1, \dots, T` takes a batch :math:`\mathcal B_t` and steps on
+    Update :math:`t = 1, \dots, T` takes a batch :math:`\mathcal B_t` and steps on
 
     .. math::
 
         \mathcal J_t(\theta) = L\bigl(F_\theta(x_{\mathcal B_t}), y_{\mathcal B_t}\bigr)
             + \lambda\, P(F_\theta, x_{\mathcal B_t})
 
-    (the penalty term only when ``penalty`` is given), computed with the model in
-    ``train()`` mode, so noise sites draw fresh noise at every update
-    (``inject_noise=False`` computes it in ``eval()`` mode instead: noise sites
-    off). For ``optimizer="sgd"`` the update is :math:`\theta \leftarrow \theta -
-    \eta \nabla_\theta \mathcal J_t`. The update is taken as ``opt.step(closure)``,
-    the closure zeroing the model's gradients and computing and back-propagating
-    :math:`\mathcal J_t`, so optimisers that re-evaluate the objective fit in
-    (:class:`gni_lib.optim.PerturbedGD` calls it at the perturbed weights).
-
-    **Loss plus R.** To train on :math:`L + \lambda R` with the explicit
-    regulariser in place of the noise, keep the noise sites' :math:`\sigma_k`
-    (:math:`R` reads them) and turn the injection off::
+    (:math:`\theta \leftarrow \theta - \eta \nabla_\theta \mathcal J_t` for ``"sgd"``),
+    computed in ``train()`` mode, so noise sites draw fresh noise at every update
+    (``inject_noise=False``: in ``eval()`` mode, sites off). The update is
+    ``opt.step(closure)``, the closure zeroing the gradients and computing and
+    back-propagating :math:`\mathcal J_t`, so optimisers that re-evaluate the
+    objective fit in (:class:`gni_lib.optim.PerturbedGD` calls it at the perturbed
+    weights). To train on :math:`L + \lambda R` with the explicit regulariser in
+    place of the noise, keep the sites' :math:`\sigma_k` (:math:`R` reads them) and
+    turn the injection off::
 
         train(model, x, y, steps=..., lr=..., penalty=R, inject_noise=False,
               record_extra={"hessian_trace": trace_of})
 
-    where ``R(model, x_batch)`` returns a differentiable scalar (e.g. a wrapper
-    of the explicit regulariser) and ``trace_of(model)`` a number.
+    **Batches.** ``batch_size=None`` (or :math:`n`) uses the whole set in its order
+    and draws nothing; otherwise each epoch draws ``torch.randperm(n,
+    generator=generator)`` (on the generator's device) and cuts it into consecutive
+    batches, the last one shorter when ``batch_size`` does not divide :math:`n`.
 
-    **Batches.** ``batch_size=None`` (or equal to :math:`n`) uses the whole
-    training set at every update, in its given order, and draws no random
-    numbers. Otherwise each epoch draws ``torch.randperm(n, generator=generator)``
-    (on the generator's device) and cuts it into consecutive batches of
-    ``batch_size``; the last batch of an epoch is smaller when ``batch_size``
-    does not divide :math:`n`.
-
-    **Recording.** After :math:`t` updates for :math:`t \in \{0, r, 2r, \dots\}
-    \cup \{T\}` (:math:`r` = ``record_every``), the model is put in ``eval()``
-    mode and :func:`train` records :math:`t`, the clean loss on the whole
-    training set and, if given, on the test set (under :func:`torch.no_grad`),
-    and the unweighted penalty :math:`P(F_\theta, x)` on the whole training set
-    (with autograd enabled, since penalties differentiate, then detached). For
-    ``loss="ce"`` it also records the accuracies. Then each ``record_extra``
-    callable is called as ``fn(model)``, still in ``eval()`` mode with autograd
-    enabled, and its value (a real number or one-element tensor) is stored in
-    ``history.extra[name]``. Then the training mode is restored. A penalty or
-    extra that draws random numbers therefore also draws them when recording.
-
-    **On return the model is in** ``eval()`` **mode** (noise off), also when an
-    error stops training.
+    **Recording.** After :math:`t \in \{0, r, 2r, \dots\} \cup \{T\}` updates
+    (:math:`r` = ``record_every``), in ``eval()`` mode: the clean losses on the
+    training and test sets (and, for ``"ce"``, the accuracies), the unweighted
+    penalty :math:`P(F_\theta, x)` on the whole training set (autograd on, then
+    detached), then ``fn(model)`` for each ``record_extra`` entry, stored in
+    ``history.extra[name]``. A penalty or extra that draws random numbers draws them
+    when recording too. **On return the model is in** ``eval()`` **mode**, also
+    when an error stops training.
 
     Args:
         model: the network, e.g. an :func:`gni_lib.models.MLP`; changed in place.
-        x: training inputs, shape :math:`(n, d_\text{in})`, on the model's device.
-        y: training targets, :math:`(n, d_\text{out})` for ``"mse"``, :math:`(n,)`
-            int64 class indices for ``"ce"``.
-        steps: :math:`T \ge 1`, the number of optimiser updates.
-        lr: the step size :math:`\eta > 0`; required with an optimizer name, and
-            must be ``None`` with an optimizer instance (which holds its own).
+        x: training inputs :math:`(n, d_\text{in})`, on the model's device.
+        y: targets, :math:`(n, d_\text{out})` for ``"mse"``, :math:`(n,)` int64 class
+            indices for ``"ce"``.
+        steps: :math:`T \ge 1`, the number of updates.
+        lr: :math:`\eta > 0`; required with an optimizer name, ``None`` with an instance.
         loss: ``"mse"`` or ``"ce"`` (:mod:`gni_lib.losses`).
-        optimizer: a name in :data:`OPTIMIZERS` (``"adam"``, ``"sgd"``, ``"pgd"``,
-            ``"anti_pgd"``, ``"perturbed_gd"``), or a :class:`torch.optim.Optimizer`
-            instance over (some of) the model's parameters, e.g.
-            ``AntiPGD(model.parameters(), lr, sigma, generator=g)``; an instance keeps
-            its state after :func:`train` returns, so a second call continues the run.
-        optimizer_kwargs: keyword arguments for the named optimizer's factory,
-            e.g. ``{"sigma": 0.1, "generator": g}``; ``None`` with an instance.
-        penalty: :math:`P`, called as ``penalty(model, x_batch)`` and returning a
-            differentiable scalar.
+        optimizer: a name in :data:`OPTIMIZERS`, or a :class:`torch.optim.Optimizer`
+            over (some of) the model's parameters, e.g. ``AntiPGD(model.parameters(),
+            lr, sigma, generator=g)``, which keeps its state, so a second call continues.
+        optimizer_kwargs: keyword arguments for the named optimizer, e.g.
+            ``{"sigma": 0.1, "generator": g}``; ``None`` with an instance.
+        penalty: :math:`P`, ``penalty(model, x_batch)`` returning a differentiable scalar.
         penalty_weight: :math:`\lambda \ge 0`.
         x_test, y_test: an optional test set (both or neither).
         record_every: :math:`r \ge 1`.
         batch_size: ``None`` for full batch, else :math:`1 \le` ``batch_size`` :math:`\le n`.
-        generator: draws the minibatch permutations (not the model's noise: the
-            noise sites carry their own generators).
-        progress: show a tqdm bar; ``None`` shows one only when stderr is a
-            terminal and the environment variable ``CI`` is unset.
-        inject_noise: ``True`` (default) takes the steps in ``train()`` mode, so the
-            model's noise sites are on; ``False`` takes them in ``eval()`` mode.
-        record_extra: ``{name: fn}`` with ``fn(model) -> float``, recorded at each
-            record step into ``history.extra[name]``; names may not be History fields.
+        generator: draws the batch permutations (not the sites' noise: they carry their own).
+        progress: a tqdm bar; ``None`` shows one only when stderr is a terminal and
+            ``CI`` is unset.
+        inject_noise: ``True``: steps in ``train()`` mode (sites on); ``False``: ``eval()``.
+        record_extra: ``{name: fn}``, ``fn(model)`` returning a real number (or a
+            one-element tensor); names may not be :class:`History` fields.
 
     Returns:
         History: the recorded steps and losses.
 
     Raises:
-        TypeError: if an argument has the wrong type (``model`` not a module,
-            ``x``/``y`` not tensors, ``penalty`` not callable, ...).
-        ValueError: if ``steps < 1``, ``lr`` is not a finite positive number (or is
-            missing with a name, or given with an instance), ``penalty_weight`` is
-            negative or not finite, ``loss`` or ``optimizer`` is unknown, an optimizer
-            instance holds tensors that are not the model's parameters, ``x`` and
-            ``y`` (or ``x_test`` and ``y_test``) differ in
-            batch size, only one of ``x_test``/``y_test`` is given,
-            ``record_every < 1``, ``batch_size`` is outside :math:`[1, n]`, or the
-            targets do not suit the loss (:mod:`gni_lib.losses`).
-        FloatingPointError: if the training objective becomes NaN or infinite;
-            the message names the update. The failing update is not applied.
-            (The noisy optimisers also refuse a non-finite gradient, with
-            :class:`gni_lib.optim.NonFiniteGradientError`, a subclass of both
-            ``ValueError`` and ``FloatingPointError``.)
+        TypeError: on an argument of the wrong type.
+        ValueError: on a bad value, naming the argument (``steps``, ``lr``,
+            ``penalty_weight``, ``loss``, ``optimizer``, mismatched or half-given
+            data, ``record_every``, ``batch_size``, targets that do not suit the loss).
+        FloatingPointError: if the objective becomes NaN or infinite; the message
+            names the update, which is not applied. (The noisy optimisers refuse a
+            non-finite gradient with :class:`gni_lib.optim.NonFiniteGradientError`,
+            both a ``ValueError`` and a ``FloatingPointError``.)
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -461,12 +425,8 @@ def train(
             f"got {type(penalty).__name__}"
         )
     penalty_weight = check_real(penalty_weight, "penalty_weight")
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError(
-            f"generator must be a torch.Generator or None, got {type(generator).__name__}"
-        )
-    if not isinstance(inject_noise, bool):
-        raise TypeError(f"inject_noise must be True or False, got {type(inject_noise).__name__}")
+    check_generator(generator)
+    check_flag(inject_noise, "inject_noise")
 
     history = History()
     batches = _batches(run.x, run.y, run.batch_size, generator)
