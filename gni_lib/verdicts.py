@@ -13,14 +13,10 @@ then gives exactly one of four verdicts:
 ``inconclusive``         anything else: it is too wide to say
 =======================  ==========================================================
 
-The verdict depends on where the whole interval lies, never on the point estimate
-alone, so a wide interval says "inconclusive" rather than guessing. A verdict is
-the same in every random stream only if the interval is far from every boundary
-of ``claim`` and ``approx`` compared with its width; ``make robustness`` checks
-that it is.
-
-:func:`record_claim` glues a claim's verdict and its measured summary under the
-keys the claims ledger reads.
+The verdict depends on the whole interval, never on the point estimate alone; it
+is the same in every random stream only if the interval is far from every boundary
+compared with its width (``make robustness`` checks this). :func:`record_claim`
+glues a claim's verdict and measured summary under the keys the claims ledger reads.
 """
 
 from __future__ import annotations
@@ -64,9 +60,8 @@ def verdict(low: float, high: float, *, claim: Region, approx: Region | None = N
         low, high: the interval, finite, ``low <= high``.
         claim: ``(a, b)``, the values the claim asserts, :math:`a < b`; either end
             may be infinite (``(0, math.inf)``: "the effect is positive").
-        approx: ``(a', b')`` containing ``claim``: the values for which the claim
-            holds in direction but not in size, or ``None`` if the claim has no
-            weaker reading.
+        approx: ``(a', b')`` containing ``claim``, where the claim holds in direction
+            but not in size; ``None``: no weaker reading.
 
     Returns:
         one of :data:`VERDICTS`.
@@ -120,10 +115,8 @@ def judge(
 ) -> Judgement:
     r"""Judge a claim from per-seed values of its statistic, by their Student-:math:`t` interval.
 
-    Args:
-        values: :math:`n \ge 2` independent per-seed values of the statistic, shape ``(n,)``.
-        claim, approx: as in :func:`verdict`.
-        level: the interval's confidence level, in :math:`(0, 1)`.
+    ``values``: :math:`n \ge 2` independent per-seed values, shape ``(n,)``;
+    ``claim``, ``approx``: as in :func:`verdict`; ``level`` in :math:`(0, 1)`.
 
     Raises:
         TypeError, ValueError: as :func:`gni_lib.stats.t_interval` and :func:`verdict`.
@@ -139,10 +132,8 @@ def judge(
 def combine(verdicts: Sequence[str]) -> str:
     """One verdict for a claim checked by several statistics, each of which must hold.
 
-    All the same: that verdict. Otherwise the weakest, in the order
-    ``did not reproduce`` (one part is excluded, so the whole claim is), then
-    ``inconclusive``; a mix of ``holds`` and ``holds approximately`` is
-    ``holds approximately``.
+    All the same: that verdict. Otherwise the weakest: ``did not reproduce`` (one
+    part excluded excludes the claim), then ``inconclusive``, then ``holds approximately``.
 
     Raises:
         ValueError: if ``verdicts`` is empty or holds a string not in :data:`VERDICTS`.
@@ -172,23 +163,19 @@ def joint_verdict(
 ) -> str:
     r"""The verdict on a claim that *every* one of several statistics lies in its region.
 
-    The statistics :math:`(s_1, \dots, s_k)` have the intervals
-    :math:`I_1, \dots, I_k`; the claim is that the vector lies in the box
-    :math:`C_1 \times \dots \times C_k`, its weaker reading in
-    :math:`A_1 \times \dots \times A_k`. :func:`verdict`'s rule, applied to the box
-    of intervals :math:`I_1 \times \dots \times I_k`:
+    :func:`verdict`'s rule applied to the box of intervals
+    :math:`I_1 \times \dots \times I_k`, the claim being the box
+    :math:`C_1 \times \dots \times C_k` and its weaker reading :math:`A_1 \times \dots \times A_k`:
 
     - ``holds``: every :math:`I_i \subset C_i`;
     - ``holds approximately``: every :math:`I_i \subset A_i`, not all inside :math:`C_i`;
-    - ``did not reproduce``: otherwise, if some :math:`I_i` is disjoint from
-      :math:`C_i` (the box misses the claim: one part excluded excludes the whole);
+    - ``did not reproduce``: otherwise, if some :math:`I_i` is disjoint from :math:`C_i`;
     - ``inconclusive``: otherwise.
 
-    This differs from :func:`combine` of the parts' verdicts in one case: a part
-    that holds approximately *and* excludes its claimed region, beside a part that is
-    inconclusive, is ``did not reproduce`` here (the claim as stated is excluded),
-    ``inconclusive`` there. With intervals at level :math:`1 - \alpha` each, the box
-    covers the vector with probability at least :math:`1 - k\alpha`.
+    Unlike :func:`combine` of the parts' verdicts, a part that holds approximately
+    *and* excludes its claimed region, beside an inconclusive part, gives ``did not
+    reproduce`` here. With intervals at level :math:`1 - \alpha` each, the box covers
+    the vector with probability at least :math:`1 - k\alpha`.
 
     Args:
         intervals: ``[(low, high), ...]``, one per statistic.
@@ -213,24 +200,17 @@ def joint_verdict(
         return [regions] * count
 
     claims, approxes = per_part(claim, "claim"), per_part(approx, "approx")
-    parts = []
+    found, disjoint = [], False
     for interval, c, a in zip(intervals, claims, approxes):
         if not isinstance(interval, (tuple, list)) or len(interval) != 2:
             raise TypeError(f"intervals must hold (low, high) pairs, got {interval!r}")
-        parts.append(
-            (
-                verdict(*interval, claim=c, approx=a),
-                verdict(*interval, claim=c) == VERDICTS[2],  # disjoint from the claimed region
-            )
-        )
-    found = [part for part, _ in parts]
+        found.append(verdict(*interval, claim=c, approx=a))
+        disjoint |= verdict(*interval, claim=c) == VERDICTS[2]  # disjoint from the claimed region
     if all(v == VERDICTS[0] for v in found):
         return VERDICTS[0]
     if all(v in VERDICTS[:2] for v in found):
         return VERDICTS[1]
-    if any(disjoint for _, disjoint in parts):
-        return VERDICTS[2]
-    return VERDICTS[3]
+    return VERDICTS[2] if disjoint else VERDICTS[3]
 
 
 def _check_claim_id(claim_id: object) -> None:
@@ -289,10 +269,10 @@ def claim_result(
 ) -> dict:
     """The record of one claim's check that :func:`record_claim` glues as JSON under :func:`result_key`.
 
-    Keys: ``claim``, ``verdict``, ``measured``, ``intervals`` (the intervals the
-    verdict was drawn from, ``[[low, high], ...]``, empty if none was given),
-    ``seeds`` and ``level`` (``None`` where unknown), ``scale`` (the preset, see
-    :mod:`gni_lib.scale`) and ``settings`` (:func:`gni_lib.scale.settings` at the call).
+    Keys: ``claim``, ``verdict``, ``measured``, ``intervals`` (those the verdict was
+    drawn from, ``[[low, high], ...]``, possibly empty), ``seeds`` and ``level``
+    (``None`` where unknown), ``scale`` (:func:`gni_lib.scale.get_scale`) and
+    ``settings`` (:func:`gni_lib.scale.settings` at the call).
 
     Raises:
         ValueError, TypeError: as :func:`record_claim`.
@@ -326,10 +306,10 @@ def record_claim(
 ) -> None:
     """Glue a claim's verdict, its one-line measured summary and its full result for the claims ledger.
 
-    Stores ``verdict_text`` under :func:`verdict_key`, ``measured`` under
-    :func:`ledger_key` and the JSON of :func:`claim_result` under :func:`result_key`,
-    with myst-nb's ``glue`` (nothing is displayed). Call it once per claim, in the
-    chapter that checks the claim. ``make results`` reads the full result.
+    Glues (myst-nb's ``glue``, nothing displayed) ``verdict_text`` under
+    :func:`verdict_key`, ``measured`` under :func:`ledger_key` and the JSON of
+    :func:`claim_result` (read by ``make results``) under :func:`result_key`. Call it
+    once per claim, in the chapter that checks it.
 
     Args:
         evidence: the interval(s) the verdict was drawn from: a :class:`Judgement`,
