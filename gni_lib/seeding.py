@@ -1,49 +1,40 @@
 """Reproducible randomness through explicit :class:`torch.Generator` objects.
 
-The library keeps no global random state: every function that draws noise takes
-a ``generator`` argument. These helpers make such generators from integer seeds,
-on the right device, and split one seed into many independent streams (one per
-training run, say) without the streams overlapping.
+Every function that draws noise takes a ``generator`` argument; these helpers make
+generators from integer seeds, on the right device, and split one seed into many
+unrelated ones (one per training run, say).
 
-**The reader's random stream.** ``GNI_SEED`` (default 0) selects the random
-stream of every chapter. A chapter writes its seeds as fixed numbers and passes
-each through :func:`stream_seed`; stream 0 leaves them as written, any other
-stream maps every one of them to an unrelated seed. The same seed gives the same
-numbers on the same machine; another CPU, a GPU (CUDA generators draw other
-numbers from the same seed) or another stream gives other numbers, and the
-book's verdicts must not change with them (``make robustness`` checks this).
+**The reader's random stream.** ``GNI_SEED`` (default 0) selects the random stream
+of every chapter: a chapter passes each seed it writes through :func:`stream_seed`,
+which leaves it as written in stream 0 and maps it to an unrelated seed in any
+other. Another stream, CPU or a GPU (CUDA generators draw other numbers from the
+same seed) gives other numbers, and the book's verdicts must not change with them
+(``make robustness`` checks this).
 """
 
 from __future__ import annotations
 
 import hashlib
-import numbers
 import os
 
 import torch
 
-from ._checks import check_generator
+from ._checks import check_generator, check_int
 from .device import get_device
 
-__all__ = [
-    "make_generator",
-    "spawn_generators",
-    "check_generator",
-    "get_stream",
-    "stream_seed",
-    "SEED_ENV_VAR",
-]
+__all__ = ["make_generator", "spawn_generators", "check_generator", "get_stream", "stream_seed", "SEED_ENV_VAR"]
 
 #: Environment variable that selects the random stream of every chapter.
 SEED_ENV_VAR = "GNI_SEED"
 
 
 def _check_seed(seed: object, name: str = "seed") -> int:
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-        raise TypeError(f"{name} must be a non-negative int, got {type(seed).__name__}")
-    if seed < 0:
-        raise ValueError(f"{name} must be a non-negative int, got {seed}")
-    return int(seed)
+    return check_int(seed, name, 0, expected="a non-negative int")
+
+
+def _hash_seed(text: str) -> int:
+    """The first 63 bits of SHA-256(``text``), a seed unrelated to any other text's."""
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") >> 1
 
 
 def get_stream() -> int:
@@ -79,19 +70,16 @@ def stream_seed(seed: int, stream: int | None = None) -> int:
     """
     seed = _check_seed(seed)
     stream = get_stream() if stream is None else _check_seed(stream, "stream")
-    if stream == 0:
-        return seed
-    digest = hashlib.sha256(f"gni_lib.stream:{stream}:{seed}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") >> 1
+    return seed if stream == 0 else _hash_seed(f"gni_lib.stream:{stream}:{seed}")
 
 
 def make_generator(seed: int, device: torch.device | str | None = None) -> torch.Generator:
     r"""Return a :class:`torch.Generator` seeded with ``seed``.
 
     Args:
-        seed: a non-negative integer. The same seed gives the same numbers.
-        device: where the generator draws; defaults to :func:`~gni_lib.device.get_device`.
-            Noise for a tensor on CUDA must come from a CUDA generator.
+        seed: a non-negative int; the same seed gives the same numbers.
+        device: where the generator draws (noise for a CUDA tensor needs a CUDA
+            generator); defaults to :func:`~gni_lib.device.get_device`.
 
     Raises:
         TypeError: if ``seed`` is not an integer.
@@ -123,9 +111,4 @@ def spawn_generators(
     count = _check_seed(count, "count")
     if count == 0:
         raise ValueError("count must be a positive int, got 0")
-    return [make_generator(_child_seed(seed, i), device) for i in range(count)]
-
-
-def _child_seed(seed: int, index: int) -> int:
-    digest = hashlib.sha256(f"gni_lib.spawn:{seed}:{index}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") >> 1
+    return [make_generator(_hash_seed(f"gni_lib.spawn:{seed}:{i}"), device) for i in range(count)]
