@@ -1,29 +1,14 @@
 r"""Reference solvers for the convex problems that perturbed gradients solve implicitly.
 
-Orvieto et al. (2023) show that gradient descent with the gradient taken at a
-perturbed point, :math:`w \leftarrow w - \eta \nabla L(w + \xi)`, minimises
-:math:`\mathbb E_\xi L(w + \xi)`, and that for three over-parametrised linear
-models this smoothed loss, minimised over the parametrisations of one predictor,
-is a classical penalised least-squares problem:
-
-- diagonal networks :math:`\beta = u \odot v` give the lasso (weighted
-  :math:`\ell_1`);
-- their group version :math:`\beta_g = v_g u_g` gives the group lasso with
-  weights :math:`\sqrt{d_g}`;
-- a two-factor model :math:`B = W_2 W_1` gives nuclear-norm regularised least
-  squares, with weight :math:`\sqrt{dk}`.
-
-The lasso is scikit-learn's. For whitened inputs, :math:`X^\top X / n = I`, the
-nuclear-norm problem is solved in one step by :func:`singular_value_threshold`.
-The group lasso is solved here by proximal gradient descent (FISTA, Beck and
-Teboulle 2009) on
-
-.. math::
-
-    F(\beta) = \frac{1}{2n} \lVert y - X\beta \rVert^2 + \lambda \sum_g w_g \lVert \beta_g \rVert_2,
-
-whose proximal step is block soft thresholding. Everything is a pure function on
-tensors in the dtype of its input (use float64 for reference solutions).
+Gradient descent at a perturbed point, :math:`w \leftarrow w - \eta \nabla L(w + \xi)`,
+minimises :math:`\mathbb E_\xi L(w + \xi)`; for three over-parametrised linear
+models this is a penalised least-squares problem in the predictor (Orvieto et al.
+2023, derived in lecture 16, ``book/16-perturbed-gradients.md``): diagonal networks
+:math:`\beta = u \odot v` give the lasso (scikit-learn's), their group version
+:math:`\beta_g = v_g u_g` the group lasso with weights :math:`\sqrt{d_g}`
+(:func:`group_lasso`, by FISTA), and :math:`B = W_2 W_1` nuclear-norm least squares
+with weight :math:`\sqrt{dk}` (for whitened inputs, one :func:`singular_value_threshold`).
+Pure functions on tensors, in the dtype of their input (float64 for reference solutions).
 """
 
 from __future__ import annotations
@@ -42,8 +27,7 @@ __all__ = ["singular_value_threshold", "group_lasso", "group_index"]
 def group_index(group_sizes: Sequence[int], device: torch.device | str | None = None) -> Tensor:
     r"""Return the group of each coordinate: ``[0]*d_0 + [1]*d_1 + ...`` as an int64 tensor.
 
-    Groups are contiguous blocks of sizes :math:`d_0, d_1, \dots`; coordinate
-    :math:`j` belongs to group ``group_index(sizes)[j]``.
+    Groups are contiguous blocks of sizes :math:`d_0, d_1, \dots` (on ``device``, CPU by default).
 
     Raises:
         TypeError: if ``group_sizes`` is not a sequence of ints.
@@ -92,11 +76,11 @@ def singular_value_threshold(m: Tensor, tau: float) -> Tensor:
         \qquad M = U \operatorname{diag}(s) V^\top .
 
     (Cai, Candès and Shen 2010.) It solves
-    :math:`\min_B \tfrac12 \lVert B - M \rVert_F^2 + \tau \lVert B \rVert_*` exactly,
-    and so, for whitened inputs (:math:`X^\top X / n = I`), nuclear-norm regularised
-    least squares :math:`\min_B \frac{1}{2n} \lVert Y - X B^\top \rVert_F^2 + \lambda
-    \lVert B \rVert_*` is solved by :math:`\operatorname{SVT}_\lambda(Y^\top X / n)`: the
-    problem that perturbed gradient descent on :math:`B = W_2 W_1` solves with
+    :math:`\min_B \tfrac12 \lVert B - M \rVert_F^2 + \tau \lVert B \rVert_*`, so for
+    whitened inputs (:math:`X^\top X / n = I`)
+    :math:`\operatorname{SVT}_\lambda(Y^\top X / n)` solves
+    :math:`\min_B \frac{1}{2n} \lVert Y - X B^\top \rVert_F^2 + \lambda \lVert B \rVert_*`,
+    the problem of perturbed gradient descent on :math:`B = W_2 W_1` with
     :math:`\lambda = \sigma^2 \sqrt{dk}` (Orvieto et al. 2023).
 
     Shapes:
@@ -124,12 +108,8 @@ _CHECK_EVERY = 50  # FISTA tests its stopping rule once per this many iterations
 
 def _fista(grad: Callable[[Tensor], Tensor], prox: Callable[[Tensor, float], Tensor], start: Tensor,
            step: float, max_iter: int, tol: float) -> Tensor:
-    """FISTA with a fixed step 1/Lipschitz; returns the first iterate that moves less than tol (max-norm).
-
-    The moves stay on the device and are compared with ``tol`` once every
-    ``_CHECK_EVERY`` iterations; the iterates of that block are kept, so the
-    result is the one a check after every iteration would return.
-    """
+    """FISTA with step 1/Lipschitz: the first iterate that moves at most tol (max-norm), found in blocks of
+    ``_CHECK_EVERY`` iterations (one host sync each) with the same result as a check after every iteration."""
     beta = momentum_point = start
     t = 1.0
     done = 0
@@ -166,14 +146,12 @@ def group_lasso(
         \hat\beta = \arg\min_\beta \ \frac{1}{2n} \lVert y - X\beta \rVert^2
             + \lambda \sum_g w_g \lVert \beta_g \rVert_2 ,
 
-    with contiguous groups of sizes :math:`d_g` and, by default,
-    :math:`w_g = \sqrt{d_g}`: the weights that perturbed gradient descent on
-    :math:`\beta_g = v_g u_g` produces with :math:`\lambda = \sigma^2` (Orvieto et al.
-    2023). With singleton groups and unit weights this is scikit-learn's
-    ``Lasso(alpha=lam, fit_intercept=False)``. The step is :math:`1/L` with
-    :math:`L = \lVert X \rVert_2^2 / n`, the gradient's Lipschitz constant; the
-    proximal step is block soft thresholding,
-    :math:`\operatorname{prox}(z)_g = (1 - \tau_g / \lVert z_g \rVert_2)_+ z_g`.
+    with contiguous groups of sizes :math:`d_g` and, by default, :math:`w_g = \sqrt{d_g}`,
+    the weights of perturbed gradient descent on :math:`\beta_g = v_g u_g` with
+    :math:`\lambda = \sigma^2` (Orvieto et al. 2023). Singleton groups with unit weights
+    give scikit-learn's ``Lasso(alpha=lam, fit_intercept=False)``. FISTA (Beck and
+    Teboulle 2009) with step :math:`1/L`, :math:`L = \lVert X \rVert_2^2 / n`, and block
+    soft thresholding :math:`\operatorname{prox}(z)_g = (1 - \tau_g / \lVert z_g \rVert_2)_+ z_g`.
 
     Args:
         x: :math:`X`, shape :math:`(n, d)`.
