@@ -1,10 +1,8 @@
 r"""The statistics behind the book's asserts: standard errors, intervals over seeds, slopes.
 
-Every numerical claim in a chapter is tested with one of three tolerances
-(``STYLE.md``): float64 round-off for identities, :math:`k` standard errors for
-Monte Carlo, and intervals over seeds for training. These helpers compute the
-last two, and the log-log slope that order-of-convergence claims
-(":math:`O(\sigma^4)`") are asserted on.
+A chapter tests a numerical claim within float64 round-off (identities), :math:`k`
+standard errors (Monte Carlo) or an interval over seeds (training); these helpers
+compute the last two, and the log-log slope that orders (":math:`O(\sigma^4)`") are asserted on.
 """
 
 from __future__ import annotations
@@ -78,13 +76,8 @@ def t_interval(
 
         \bar v \pm t_{n-1,\,(1+\text{level})/2} \, \frac{s}{\sqrt n} .
 
-    The chapters use it over seeds ("the lower end of the 95% interval of the
-    paired differences is above zero"); the :math:`t` quantile accounts for the
-    few seeds a quick preset can afford.
-
-    Args:
-        values: :math:`n \ge 2` per-seed values, shape ``(n,)``.
-        level: the confidence level, in :math:`(0, 1)`.
+    Used over seeds; the :math:`t` quantile accounts for the few seeds a quick preset
+    affords. ``values``: :math:`n \ge 2` per-seed values, shape ``(n,)``; ``level`` in :math:`(0, 1)`.
 
     Returns:
         ``(low, high)``.
@@ -105,9 +98,7 @@ def interval_sign(low: float, high: float) -> int:
     r"""Which side of zero an interval :math:`[\text{low}, \text{high}]` lies on.
 
     Returns ``1`` if :math:`\text{low} > 0`, ``-1`` if :math:`\text{high} < 0`, and ``0``
-    if the interval contains 0 (the data do not resolve the sign). The chapters turn
-    this into the words of each verdict, so that a verdict in the prose is computed,
-    never typed in.
+    if the interval contains 0 (the data do not resolve the sign).
 
     Raises:
         TypeError: if ``low`` or ``high`` is not a real number.
@@ -122,9 +113,8 @@ def loglog_slope(
 ) -> float:
     r"""Least-squares slope of :math:`\log\lvert y\rvert` against :math:`\log x`.
 
-    If :math:`y \approx c\,x^p`, the slope estimates :math:`p`: the book asserts
-    orders of convergence (":math:`O(\sigma^3)`", ":math:`O(\sigma^4)`") as an
-    interval on this slope.
+    If :math:`y \approx c\,x^p`, the slope estimates :math:`p`, the order of
+    convergence (":math:`O(\sigma^4)`") that the book asserts.
 
     Args:
         x: :math:`n \ge 2` positive abscissae (e.g. noise levels :math:`\sigma`), shape ``(n,)``.
