@@ -1,16 +1,10 @@
 """Quick, large or paper-sized experiments: ``GNI_SCALE=quick|large|paper``.
 
-Every chapter runs a *quick* preset by default, sized so that the whole chapter
-executes in under a minute on a 2-core CPU. ``GNI_SCALE=paper`` selects the
-settings of the source papers, meant for a GPU. ``GNI_SCALE=large`` is what
-``make results`` runs on a CPU when no accelerator is lent: for each size a
-chapter gives it, the largest that fits a run of about an hour; a size given no
-``large`` value stays at its quick value. Chapters pick their sizes with
-:func:`by_scale`, so the presets sit side by side in the page.
-
-Each call of :func:`by_scale` is remembered with the line that made it, the value
-it returned and the paper's value; :func:`settings` lists them, so that a
-recorded run can say which of its sizes are the paper's and which are not.
+*quick* (the default) runs a chapter in under a minute on a 2-core CPU; *paper*
+uses the source papers' settings, meant for a GPU; *large* is what ``make results``
+runs on a CPU: the largest sizes that fit about an hour. Chapters pick each size
+with :func:`by_scale`, so the presets sit side by side in the page; :func:`settings`
+lists the sizes chosen, so that a recorded run says which are the paper's.
 """
 
 from __future__ import annotations
