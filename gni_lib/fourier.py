@@ -1,25 +1,20 @@
 r"""Trigonometric features, periodic grids, and stacks of ReLU MLPs fitted at once to a periodic target.
 
 The Fourier reading of the explicit regulariser (Camuto et al. 2020, Thm. 2,
-eqs. 15-18; the book's lectures 08 and 09) needs two kinds of network:
-
-* networks whose outputs are trigonometric polynomials on :math:`[0, 1)`, for which
-  the FFT of :math:`N` samples gives the Sobolev seminorm exactly
-  (:class:`FourierFeatures`), or which are at least periodic
-  (:class:`PeriodicEmbedding`), sampled on :func:`periodic_grid`;
-* many ReLU MLPs of one architecture trained side by side on the sum of sines of
-  Fig. 4 (:func:`stack_mlps`, :func:`stacked_forward`, :func:`fit_stacked`), with
-  the explicit regulariser :math:`R` of their hidden noise sites
-  (:func:`stacked_regulariser`) and the layer-to-layer Jacobian norms of Fig. 5
-  (:func:`stacked_layer_statistics`).
+eqs. 15-18; the book's lectures 08 and 09) needs networks whose outputs are
+trigonometric polynomials on :math:`[0, 1)` (:class:`FourierFeatures`, for which the
+FFT of :math:`N` samples gives the Sobolev seminorm exactly) or at least periodic
+(:class:`PeriodicEmbedding`), and many ReLU MLPs of one architecture trained side by
+side on the sum of sines of Fig. 4, with the regulariser :math:`R` of their hidden
+noise sites and the layer-to-layer Jacobian norms of Fig. 5.
 
 **Stacking.** The weights :math:`W_k` of :math:`M` networks are stacked into one
-tensor of shape :math:`(M, d_k, d_{k-1})` with a leading network axis, and one
-batched product (:func:`torch.baddbmm`) evaluates all of them. Adam acts on every
-parameter entry separately, and the summed loss has, for each network, the gradient
-of that network's own loss, so one optimiser on the stacked tensors trains every
-network independently (``tests/test_fourier.py`` checks this against networks
-trained one at a time).
+tensor of shape :math:`(M, d_k, d_{k-1})`, and one batched product
+(:func:`torch.baddbmm`) evaluates all of them. Adam acts on every parameter entry
+separately, and the summed loss has, for each network, the gradient of that
+network's own loss, so one optimiser on the stacked tensors trains every network
+independently (``tests/test_fourier.py`` checks this against networks trained one
+at a time).
 """
 
 from __future__ import annotations
@@ -50,6 +45,14 @@ def _check_std(value: object, name: str) -> float:
     return check_real(value, name, what=" (a standard deviation)")
 
 
+def _cos_sin(inputs: Tensor, k: Tensor | float) -> Tensor:
+    r""":math:`[\cos 2\pi k x, \sin 2\pi k x]` of ``inputs`` :math:`(B, 1)`."""
+    if inputs.ndim != 2 or inputs.shape[1] != 1:
+        raise ValueError(f"inputs must have shape (B, 1), got {tuple(inputs.shape)}")
+    phase = 2 * math.pi * inputs * k
+    return torch.cat([torch.cos(phase), torch.sin(phase)], dim=1)
+
+
 class FourierFeatures(nn.Module):
     r"""The layer :math:`x \mapsto [\cos 2\pi k x, \sin 2\pi k x]_{k=1}^{K}`: trigonometric-polynomial outputs.
 
@@ -75,10 +78,7 @@ class FourierFeatures(nn.Module):
 
     def forward(self, inputs: Tensor) -> Tensor:
         """The features of ``inputs`` of shape :math:`(B, 1)`, shape :math:`(B, 2K)`."""
-        if inputs.ndim != 2 or inputs.shape[1] != 1:
-            raise ValueError(f"inputs must have shape (B, 1), got {tuple(inputs.shape)}")
-        phase = 2 * math.pi * inputs * self.k
-        return torch.cat([torch.cos(phase), torch.sin(phase)], dim=1)
+        return _cos_sin(inputs, self.k)
 
 
 class PeriodicEmbedding(nn.Module):
@@ -93,16 +93,14 @@ class PeriodicEmbedding(nn.Module):
 
     def forward(self, inputs: Tensor) -> Tensor:
         r""":math:`(\cos 2\pi x, \sin 2\pi x)` of ``inputs`` of shape :math:`(B, 1)`, shape :math:`(B, 2)`."""
-        if inputs.ndim != 2 or inputs.shape[1] != 1:
-            raise ValueError(f"inputs must have shape (B, 1), got {tuple(inputs.shape)}")
-        return torch.cat([torch.cos(2 * math.pi * inputs), torch.sin(2 * math.pi * inputs)], dim=1)
+        return _cos_sin(inputs, 1.0)
 
 
 def periodic_grid(n: int, *, dtype: torch.dtype = torch.float64, device: torch.device | str | None = None) -> Tensor:
     r"""The grid :math:`x_j = j/N`, :math:`j = 0, \dots, N-1`, of one period :math:`[0, 1)`, shape :math:`(N, 1)`.
 
     Raises:
-        TypeError: if ``n`` is not an int. ValueError: if ``n < 2``.
+        TypeError, ValueError: if ``n`` is not an int :math:`\ge 2`.
     """
     n = check_int(n, "n", 2)
     return (torch.arange(n, dtype=dtype, device=device) / n).unsqueeze(1)
@@ -165,8 +163,7 @@ def stack_mlps(models: Sequence[nn.Sequential]) -> tuple[list[Tensor], list[Tens
 
     Raises:
         TypeError: if an entry of ``models`` is not an ``nn.Sequential``.
-        ValueError: if ``models`` is empty, a model is not a ReLU MLP with biases,
-            or the architectures differ.
+        ValueError: if ``models`` is empty, not all ReLU MLPs with biases, or of different widths.
     """
     layers = _linear_layers(models)
     weights = [torch.stack([lin.weight.detach() for lin in layer]).requires_grad_() for layer in layers]
@@ -207,8 +204,7 @@ def stacked_forward(
     Args:
         weights, biases: as returned by :func:`stack_mlps`.
         x: inputs, shape :math:`(N, d_0)`, shared by the :math:`M` networks.
-        hidden_std: :math:`\sigma`, on every hidden activation.
-        input_std: :math:`\sigma_0`, on the input.
+        hidden_std, input_std: :math:`\sigma` and :math:`\sigma_0`.
         generator: the source of the noise; required when a standard deviation is positive.
 
     Returns:
@@ -226,14 +222,16 @@ def stacked_forward(
         raise ValueError(f"x must be a tensor of shape (N, {weights[0].shape[2]})")
     if (hidden_std or input_std) and not isinstance(generator, torch.Generator):
         raise ValueError("generator must be a torch.Generator when hidden_std or input_std is positive")
-    h = x.expand(weights[0].shape[0], *x.shape)
-    h = h + input_std * torch.randn(h.shape, generator=generator, device=x.device, dtype=h.dtype) if input_std else h
+
+    def noisy(h: Tensor, std: float) -> Tensor:
+        return h + std * torch.randn(h.shape, generator=generator, device=x.device, dtype=h.dtype) if std else h
+
+    h = noisy(x.expand(weights[0].shape[0], *x.shape), input_std)
     hidden = []
     for layer, (W, b) in enumerate(zip(weights, biases)):
         if layer > 0:
             hidden.append(torch.relu(h))
-            h = hidden[-1] + hidden_std * torch.randn(h.shape, generator=generator, device=x.device, dtype=h.dtype) \
-                if hidden_std else hidden[-1]
+            h = noisy(hidden[-1], hidden_std)
         h = torch.baddbmm(b.unsqueeze(1), h, W.transpose(1, 2))
     return h, hidden
 
@@ -308,9 +306,7 @@ def fit_stacked(
         models: as :func:`stack_mlps`; changed in place.
         x: grid, shape :math:`(N, d_0)`, on the models' device and dtype.
         y: targets, shape :math:`(M, N, d_L)`, one per network.
-        steps: Adam steps, :math:`\ge 0`.
-        lr: Adam's step size, :math:`> 0`.
-        record_every: :math:`\ge 1`.
+        steps, lr, record_every: Adam steps :math:`\ge 0`, step size :math:`> 0`, and :math:`\ge 1`.
         hidden_std, input_std, penalty_std: standard deviations, :math:`\ge 0`.
         generator: the source of the training noise; required when noise is injected.
 
@@ -318,9 +314,8 @@ def fit_stacked(
         StackedFit: the models, the spectra, and the trained stacked weights.
 
     Raises:
-        TypeError: as :func:`stack_mlps` and :func:`stacked_forward`.
-        ValueError: as :func:`stack_mlps` and :func:`stacked_forward`, and if ``steps``,
-            ``record_every`` or ``lr`` is out of range or ``y`` has the wrong shape.
+        TypeError, ValueError: as :func:`stack_mlps` and :func:`stacked_forward`, and on a
+            bad ``steps``, ``record_every``, ``lr`` or ``y``.
     """
     steps = check_int(steps, "steps", 0)
     record_every = check_int(record_every, "record_every", 1)
