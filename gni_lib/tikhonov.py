@@ -1,35 +1,16 @@
 r"""Input noise against the Tikhonov penalty on 1-D regression (Bishop, 1995): the book's lectures 01 and 02.
 
-Two helpers of the book's lectures ``01-bishop-expansion`` and ``02-noise-versus-penalty``:
-
-* :func:`antithetic_pairs`: antithetic Monte Carlo estimates, per draw and per
-  example, of the gap that input noise adds to the ½-MSE,
-
-  .. math::
-
-      \tfrac12\bigl(g_n(x_n+\varepsilon_n) + g_n(x_n-\varepsilon_n)\bigr) - g_n(x_n),
-      \qquad g_n(u) = \tfrac12\lVert f(u) - y_n\rVert^2,
-
-  an unbiased estimate of :math:`\mathbb E_\varepsilon[g_n(x_n+\varepsilon)] - g_n(x_n)`
-  in which every odd power of :math:`\varepsilon` cancels (Bishop, 1995, §2, gives
-  its :math:`\sigma^2` term);
+* :func:`antithetic_pairs`: antithetic Monte Carlo estimates of the gap that input
+  noise adds to the ½-MSE, in which every odd power of :math:`\varepsilon` cancels
+  (Bishop, 1995, §2, gives its :math:`\sigma^2` term);
 * many small tanh networks of one input trained at once, as a stack: their
   weights are stacked along a first axis, one batched matrix product
   (``torch.baddbmm``) runs a layer of every network, and the slope
-  :math:`f'(x)` the Tikhonov penalty needs is carried through the same pass by
-  the chain rule, :math:`f'_{k+1} = \tanh'(u_{k+1})\,W_{k+1} f'_k`
-  (:func:`stacked_mlp`, :func:`stacked_forward`, :func:`train_stacked`). Three
-  objectives, all with the ½-MSE of the book:
-
-  .. math::
-
-      \text{plain: } \tfrac1{2N}\sum_n (f(x_n)-y_n)^2, \quad
-      \text{noise: } \tfrac1{2N}\sum_n (f(x_n+\varepsilon_n)-y_n)^2, \quad
-      \text{tikhonov: } \tfrac1{2N}\sum_n (f(x_n)-y_n)^2 + \lambda\,\tfrac1N\sum_n f'(x_n)^2,
-
-  with :math:`\varepsilon_n\sim\mathcal N(0,\sigma^2)` drawn afresh at every step
-  and :math:`\lambda = \sigma^2/2` by default (Bishop's Tikhonov penalty, 1995, §3, in the
-  ½-MSE convention).
+  :math:`f'(x)` the Tikhonov penalty :math:`\lambda\,\tfrac1N\sum_n f'(x_n)^2`
+  needs is carried through the same pass by the chain rule
+  (:func:`stacked_mlp`, :func:`stacked_forward`, :func:`train_stacked`), to
+  compare training with input noise against training with that penalty
+  (Bishop, 1995, §3).
 """
 
 from __future__ import annotations
@@ -40,7 +21,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from ._checks import check_int, check_real, check_tensor
+from ._checks import check_choice, check_int, check_real, check_tensor
 from .models import MLP
 
 __all__ = ["antithetic_pairs", "stacked_mlp", "stacked_forward", "train_stacked"]
@@ -77,9 +58,7 @@ def antithetic_pairs(
         :math:`\varepsilon`, shape :math:`(D, N, d_\text{in})`.
 
     Raises:
-        TypeError: if ``model`` is not callable, ``inputs`` or ``targets`` is not a
-            tensor, ``noise_std`` is not a real number, ``draws`` is not an int or
-            ``generator`` is not a ``torch.Generator``.
+        TypeError: if an argument has the wrong type.
         ValueError: if ``inputs`` or ``targets`` is not 2-D and finite, their row
             counts differ, ``noise_std < 0`` or ``draws < 1``.
     """
@@ -108,9 +87,8 @@ def antithetic_pairs(
 def _check_seeds(seeds: object) -> list[int]:
     if isinstance(seeds, (str, bytes)) or not isinstance(seeds, (Sequence, range)) or len(seeds) == 0:
         raise ValueError(f"seeds must be a non-empty sequence of non-negative ints, got {seeds!r}")
-    for s in seeds:
-        if isinstance(s, bool) or not isinstance(s, numbers.Integral) or s < 0:
-            raise ValueError(f"seeds must be a non-empty sequence of non-negative ints, got {list(seeds)!r}")
+    if not all(not isinstance(s, bool) and isinstance(s, numbers.Integral) and s >= 0 for s in seeds):
+        raise ValueError(f"seeds must be a non-empty sequence of non-negative ints, got {list(seeds)!r}")
     return [int(s) for s in seeds]
 
 
@@ -225,26 +203,19 @@ def train_stacked(
 
     Args:
         params: stacked layers from :func:`stacked_mlp` (:math:`S` networks), updated in place.
-        kind: ``"plain"``, ``"noise"`` or ``"tikhonov"``.
-        inputs: :math:`x`, shape :math:`(S, N, 1)`, one data set per network.
-        targets: :math:`y`, shape :math:`(S, N, 1)`.
+        inputs, targets: :math:`x` and :math:`y`, shape :math:`(S, N, 1)`, one data set per network.
         noise_std: :math:`\sigma`, the input noise standard deviation (``"noise"``), and the default penalty weight's.
-        steps: the steps of the first phase, ``>= 1``.
-        settle_steps: the steps of the second phase, ``>= 0``.
-        lr: the Adam step size of the first phase, ``> 0``.
+        steps, settle_steps: the steps of the two phases, ``>= 1`` and ``>= 0``.
         repeats: noise draws per point and step (``"noise"`` only), ``>= 1``.
-        penalty_weight: :math:`\lambda \ge 0` (``"tikhonov"`` only); ``None`` for :math:`\sigma^2/2`.
         generator: the noise source (required for ``"noise"``), on the device of ``inputs``.
 
     Raises:
         ValueError: if ``kind`` is unknown, ``inputs``/``targets`` do not have the shape
             :math:`(S, N, 1)` of the stack, or a number is out of range.
-        TypeError: if ``kind="noise"`` and ``generator`` is not a ``torch.Generator``, or an
-            argument has the wrong type.
+        TypeError: if an argument has the wrong type (``generator`` for ``kind="noise"``).
     """
     params = _check_params(params)
-    if not isinstance(kind, str) or kind not in KINDS:
-        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    check_choice(kind, "kind", KINDS)
     inputs = check_tensor(inputs, "inputs", ndim=3)
     targets = check_tensor(targets, "targets", ndim=3)
     count = params[0][0].shape[0]
