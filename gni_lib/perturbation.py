@@ -1,26 +1,21 @@
 r"""Gradients at a perturbed point: the models, their Hessian traces, and the gradient's variance.
 
 Perturbed gradient descent, :math:`w \leftarrow w - \eta \nabla L(w + \xi)` with
-:math:`\xi \sim \mathcal N(0, \sigma^2 I)` (Orvieto et al. 2023), descends the
-smoothed loss :math:`\mathbb E_\xi L(w + \xi)` in expectation. For a polynomial
-loss of degree four, as for every model here,
+:math:`\xi \sim \mathcal N(0, \sigma^2 I)` (Orvieto et al. 2023), descends in expectation the
+smoothed loss, which for the degree-four polynomial losses here is exactly (lecture 16,
+book/16-perturbed-gradients.md)
 
 .. math::
 
     \mathbb E_\xi L(w + \xi) = L(w) + \frac{\sigma^2}{2} \operatorname{Tr} \nabla^2 L(w)
         + \frac{\sigma^4}{8} \Delta^2 L ,
 
-exactly, with :math:`\Delta^2 L` a constant. This module has
-
-- the two models beyond the diagonal network of :mod:`gni_lib.data`: the
-  *group* diagonal network :math:`\beta_g = v_g u_g` and the *two-factor* linear
-  model :math:`B = W_2 W_1`, with their losses and Hessian traces in closed form;
-- a design generator whose columns are orthonormal (within groups), the
-  condition under which the traces become group-lasso and nuclear-norm penalties;
-- a balanced factorisation of a matrix, the minimiser of the factor penalty;
-- :func:`perturbed_gradient_variance`, a Monte Carlo estimate, with its standard
-  error, of the variance of :math:`\nabla L(w + \xi)` when all tensors are
-  perturbed at once or one tensor at a time (layer-wise).
+with :math:`\Delta^2 L` a constant. This module has the Hessian traces of the *group*
+diagonal network :math:`\beta_g = v_g u_g` and of the *two-factor* model :math:`B = W_2 W_1`;
+a design whose columns are orthonormal within groups, under which the traces become
+group-lasso and nuclear-norm penalties; the balanced factorisation that minimises the factor
+penalty; and :func:`perturbed_gradient_variance`, a Monte Carlo estimate of the variance of
+:math:`\nabla L(w + \xi)`, all tensors perturbed at once or one at a time.
 """
 
 from __future__ import annotations
@@ -33,12 +28,12 @@ from torch import Tensor
 
 from ._checks import check_dtype, check_int, check_real, check_tensor
 from .proximal import _check_groups, group_index
+from .noise import standard_noise
 from .seeding import check_generator, make_generator
 from .stats import mean_and_se
 
 __all__ = [
     "orthonormal_design",
-    "group_network_loss",
     "group_network_hessian_trace",
     "factorised_loss",
     "factorised_hessian_trace",
@@ -80,8 +75,7 @@ def orthonormal_design(
         Tensor: shape :math:`(n, d)`.
 
     Raises:
-        TypeError, ValueError: on bad sizes (named), or if :math:`n` is not larger
-            than the largest block.
+        TypeError, ValueError: on bad sizes (named), or if :math:`n` is not larger than the largest block.
     """
     d = check_int(d, "d", 1)
     n = check_int(n, "n", 2)
@@ -115,48 +109,28 @@ def _group_args(u: object, v: object, x: object, group_sizes: object) -> tuple[T
     return u, v, x, group_index(sizes, v.device)
 
 
-def group_network_loss(u: Tensor, v: Tensor, x: Tensor, y: Tensor, group_sizes: Sequence[int]) -> Tensor:
-    r"""Least squares for the group diagonal network :math:`\beta_g = v_g u_g`.
-
-    .. math::
-
-        L(u, v) = \frac{1}{2n} \lVert X\beta - y \rVert^2, \qquad \beta_g = v_g\, u_g,
-
-    with :math:`u_g \in \mathbb R^{d_g}` the coordinates of group :math:`g` and one
-    scalar :math:`v_g` per group (Orvieto et al. 2023, group version of the
-    diagonal network).
-
-    Shapes:
-        ``u`` :math:`(d,)`, ``v`` :math:`(G,)`, ``x`` :math:`(n, d)`, ``y`` :math:`(n,)`; a scalar out.
-
-    Raises:
-        TypeError, ValueError: on non-tensors, non-floating tensors, mismatched
-            shapes, or group sizes that do not add up to :math:`d`.
-    """
-    u, v, x, index = _group_args(u, v, x, group_sizes)
-    y = check_tensor(y, "y", ndim=1, finite=False)
-    if y.shape[0] != x.shape[0]:
-        raise ValueError(f"y must have shape ({x.shape[0]},), got {tuple(y.shape)}")
-    beta = u * v[index]
-    return (x @ beta - y).pow(2).sum() / (2 * x.shape[0])
-
-
 def group_network_hessian_trace(u: Tensor, v: Tensor, x: Tensor, group_sizes: Sequence[int]) -> Tensor:
-    r"""The trace of the Hessian of :func:`group_network_loss`.
+    r"""The Hessian trace of least squares for the group diagonal network :math:`\beta_g = v_g u_g`.
 
-    With :math:`G = X^\top X / n`,
+    For :math:`L(u, v) = \frac{1}{2n} \lVert X\beta - y \rVert^2`, :math:`u_g \in \mathbb R^{d_g}`
+    the coordinates of group :math:`g` and one scalar :math:`v_g` per group (Orvieto et al.
+    2023, group version of the diagonal network), and :math:`G = X^\top X / n`,
 
     .. math::
 
         \operatorname{Tr} \nabla^2 L = \sum_g \Big( v_g^2 \sum_{j \in g} G_{jj}
             + u_g^\top G_{gg}\, u_g \Big),
 
-    free of :math:`y` (the residual enters only mixed second derivatives). When
-    :math:`G_{gg} = I`, it is :math:`\sum_g (d_g v_g^2 + \lVert u_g \rVert^2)
-    \ge 2 \sum_g \sqrt{d_g}\, \lVert \beta_g \rVert_2`, with equality for
+    free of :math:`y`. When :math:`G_{gg} = I`, it is :math:`\sum_g (d_g v_g^2 + \lVert u_g
+    \rVert^2) \ge 2 \sum_g \sqrt{d_g}\, \lVert \beta_g \rVert_2`, with equality for
     :math:`\lVert u_g \rVert = \sqrt{d_g}\, |v_g|`.
 
-    Shapes, Raises: as :func:`group_network_loss` (no ``y``).
+    Shapes:
+        ``u`` :math:`(d,)`, ``v`` :math:`(G,)`, ``x`` :math:`(n, d)`; a scalar out.
+
+    Raises:
+        TypeError, ValueError: on non-tensors, non-floating tensors, mismatched shapes,
+            or group sizes that do not add up to :math:`d`.
     """
     u, v, x, index = _group_args(u, v, x, group_sizes)
     gram = x.T @ x / x.shape[0]
@@ -283,8 +257,7 @@ def _sample_total_variance(
         for name, value in params.items():
             rows = value.detach().unsqueeze(0).expand(size, *value.shape)
             if name in keys:
-                noise = torch.randn((size, *value.shape), generator=generator, dtype=value.dtype,
-                                    device=value.device)
+                noise = standard_noise((size, *value.shape), generator, dtype=value.dtype, device=value.device)
                 rows = rows + sigma * noise
             stacked[name] = rows
         g = batched(stacked)
@@ -345,10 +318,9 @@ def perturbed_gradient_variance(
         tuple[float, float]: the estimate and its standard error.
 
     Raises:
-        TypeError: if ``loss_fn`` is not callable, ``params`` is not a dict of
-            tensors, or ``generator`` is not a generator.
-        ValueError: if ``params`` is empty, ``sigma < 0``, ``samples < 2`` or
-            ``chunk < 1``, or the generator is on another device.
+        TypeError: if ``loss_fn`` is not callable, ``params`` not a dict of tensors, or ``generator`` not a generator.
+        ValueError: if ``params`` is empty, ``sigma < 0``, ``samples < 2``, ``chunk < 1``, or
+            the generator is on another device.
     """
     if not callable(loss_fn):
         raise TypeError(f"loss_fn must be callable (params dict -> scalar), got {type(loss_fn).__name__}")
