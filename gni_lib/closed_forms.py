@@ -32,6 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from ._checks import check_tensor
+from .noise import standard_noise
 from .seeding import check_generator
 
 __all__ = [
@@ -50,17 +51,11 @@ def stack_one_hidden_layer(
 ) -> list[Tensor]:
     r"""Stack the parameters of :math:`M` networks ``MLP([d, h, c])`` (tanh) into ``[W1, b1, W2, b2]``.
 
-    The tensors are detached copies, moved to ``device`` and ``dtype`` (unchanged
-    where ``None``), with shapes :math:`(M, h, d)`, :math:`(M, h)`, :math:`(M, c, h)`,
-    :math:`(M, c)`; call ``requires_grad_()`` on them to train.
-
-    Args:
-        models: a non-empty sequence of :func:`gni_lib.models.MLP` with one hidden
-            tanh layer (children 1 and 4 are the two :class:`torch.nn.Linear`), all
-            with the same widths.
-
-    Returns:
-        list[Tensor]: ``[W1, b1, W2, b2]``.
+    ``models`` are :func:`gni_lib.models.MLP` with one hidden tanh layer (children 1
+    and 4 are the two :class:`torch.nn.Linear`), all with the same widths. The tensors
+    are detached copies, moved to ``device`` and ``dtype`` (unchanged where ``None``),
+    with shapes :math:`(M, h, d)`, :math:`(M, h)`, :math:`(M, c, h)`, :math:`(M, c)`;
+    call ``requires_grad_()`` on them to train.
 
     Raises:
         TypeError: if ``models`` is not a sequence of such networks.
@@ -151,9 +146,8 @@ def one_hidden_layer_penalty(
     the closed form of the Jacobian penalty (Bishop 1995) and, with noise in its
     input, one draw of the noisy penalty of Rifai et al. (2011), eq. (book
     ``eq-07-closed-form``). With ``noise_std=None`` nothing is drawn
-    (:math:`\varepsilon = 0`). Otherwise :math:`\varepsilon` is
-    ``noise_std.view(-1, 1, 1) * torch.randn(x.shape, generator=generator, ...)``:
-    for :math:`M = 1` the same draw as
+    (:math:`\varepsilon = 0`). Otherwise :math:`\varepsilon` is ``noise_std.view(-1, 1, 1)``
+    times :func:`gni_lib.noise.standard_noise` of ``x``'s shape: for :math:`M = 1` the same draw as
     ``gni_lib.penalties.jacobian_penalty(model, x[0], noise_std=..., samples=1)``
     with a generator in the same state.
 
@@ -169,11 +163,9 @@ def one_hidden_layer_penalty(
         Tensor: shape :math:`(M,)`, differentiable in ``params``.
 
     Raises:
-        TypeError: if ``params``, ``x`` or ``noise_std`` has the wrong type, or
-            ``generator`` is not a :class:`torch.Generator`.
-        ValueError: if the shapes do not match; ``x`` is not finite; ``noise_std``
-            is not of shape :math:`(M,)`, negative or not finite; or ``generator``
-            draws on another device type than ``x``.
+        TypeError: if ``params``, ``x``, ``noise_std`` or ``generator`` has the wrong type.
+        ValueError: on mismatched shapes, a non-finite ``x``, a ``noise_std`` not of shape
+            :math:`(M,)`, negative or not finite, or a generator on another device type.
     """
     W1, b1, W2, x = _check_params(params, x, with_output_bias=False)[:4]
     if noise_std is not None:
@@ -184,7 +176,7 @@ def one_hidden_layer_penalty(
         if bool((noise_std < 0).any()):
             raise ValueError("noise_std must hold standard deviations >= 0, got a negative entry")
         check_generator(generator, x.device)
-        x = x + noise_std.view(-1, 1, 1) * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        x = x + noise_std.view(-1, 1, 1) * standard_noise(x.shape, generator, dtype=x.dtype, device=x.device)
     slopes = 1 - torch.tanh(torch.baddbmm(b1.unsqueeze(1), x, W1.transpose(1, 2))) ** 2  # phi'(W1 x + b1)
     gram = (W2.transpose(1, 2) @ W2) * (W1 @ W1.transpose(1, 2))  # (M, h, h)
     return ((slopes @ gram) * slopes).sum(dim=(1, 2)) / x.shape[1]
@@ -201,16 +193,10 @@ def one_hidden_layer_hessian_norm(params: Sequence[Tensor], x: Tensor) -> Tensor
     from :math:`H_k = \sum_j (W_2)_{kj}\,\phi''(z_j)\, w_j w_j^\top`; the oracle
     is :func:`gni_lib.penalties.input_hessian_norm`.
 
-    Args:
-        params: ``(W1, b1, W2)`` or ``(W1, b1, W2, b2)`` (``b2`` is not used).
-        x: inputs, :math:`(M, B, d)`, finite.
+    Args, Raises: as :func:`one_hidden_layer_penalty` (no noise).
 
     Returns:
         Tensor: shape :math:`(M,)`.
-
-    Raises:
-        TypeError: if ``params`` is not a sequence of three or four tensors, or ``x`` is not a tensor.
-        ValueError: if the shapes do not match, or ``x`` is not finite.
     """
     W1, b1, W2, x = _check_params(params, x, with_output_bias=False)[:4]
     a = torch.tanh(torch.baddbmm(b1.unsqueeze(1), x, W1.transpose(1, 2)))
