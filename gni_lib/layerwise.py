@@ -4,19 +4,11 @@ Orvieto et al. (2023) show that perturbed gradient descent,
 :math:`w \leftarrow w - \eta \nabla L(w + \xi)` with :math:`\xi \sim \mathcal N(0, \sigma^2 I)`,
 descends on average the smoothed loss :math:`L + \frac{\sigma^2}{2}\operatorname{Tr}\nabla^2 L`,
 and that perturbing one layer at a time keeps the gradient's variance from growing with
-the width. Chapters 16 and 17 of the book check both; this module holds their plumbing:
-
-- :func:`chain_time_averages`: many independent runs of :class:`gni_lib.optim.PerturbedGD`
-  at once (a leading *chain* dimension), each averaged over time after a burn-in;
-- :func:`stationary_covariance_scale`: the scale :math:`\eta\sigma^2\lambda_{\max}/2` of the
-  weights' stationary fluctuations, which sets the bias of a constant step;
-- :func:`judge_against_reference`: the verdict on the statistic
-  :math:`T = \max_j\lvert\bar\beta_j - \beta^\star_j\rvert / \max_j\lvert\beta^\dagger_j - \beta^\star_j\rvert`
-  from the chains, by simultaneous (Bonferroni) :math:`t`-intervals;
-- :func:`variance_by_width`: the per-parameter variance of the perturbed gradient,
-  all tensors at once and layer-wise, across widths;
-- :func:`loglog_slope_with_se`: a log-log slope with its standard error propagated from
-  the standard errors of the values.
+the width. Lectures 16 and 17 (book/16-perturbed-gradients.md,
+book/17-variance-and-layer-wise-noise.md) check both; this module holds their plumbing:
+chains of :class:`gni_lib.optim.PerturbedGD` run side by side and averaged over time, the
+scale of their stationary fluctuations, a verdict on the distance of the chains' mean to a
+stated solution, and the gradient's variance across widths with a log-log slope.
 """
 
 from __future__ import annotations
@@ -66,32 +58,19 @@ def chain_time_averages(
 ) -> Tensor:
     r"""Run perturbed gradient descent on chain-batched parameters; return each chain's time average.
 
-    Every tensor of ``params`` carries a leading dimension of :math:`C` chains and
-    ``loss_of(*params)`` is the *sum* of the :math:`C` chains' losses. Since
-    :class:`~gni_lib.optim.PerturbedGD` draws independent noise for every coordinate,
-    this is exactly :math:`C` independent runs of
-    :math:`w_{n+1} = w_n - \eta\nabla L(w_n + \xi_n)` (Orvieto et al. 2023, §3). The
-    return value is
+    Every tensor of ``params`` (copied, not changed) carries a leading dimension of
+    :math:`C` chains and ``loss_of(*params)`` sums the chains' losses; since
+    :class:`~gni_lib.optim.PerturbedGD` draws independent noise per coordinate, these are
+    :math:`C` independent runs of :math:`w_{n+1} = w_n - \eta\nabla L(w_n + \xi_n)`
+    (Orvieto et al. 2023, §3), :math:`\eta` = ``lr`` :math:`> 0`, :math:`\xi_n \sim \mathcal N(0,
+    \sigma^2 I)` with :math:`\sigma` = ``sigma`` :math:`\ge 0` (a standard deviation), drawn
+    from ``generator`` (on the parameters' device).
+    With :math:`P` = ``predictor`` (e.g. ``u * v``, shape ``(C, ...)``), :math:`N` = ``steps``
+    and :math:`N_0` = ``burn_in`` (:math:`0 \le N_0 < N`), the result, of shape ``(C, ...)``, is
 
     .. math::
 
-        \bar P = \frac{1}{N - N_0} \sum_{n = N_0}^{N - 1} P(w_{n+1}),
-
-    with :math:`P` = ``predictor``, :math:`N` = ``steps`` and :math:`N_0` = ``burn_in``.
-    The starting tensors are copied, not changed.
-
-    Args:
-        params: the starting tensors, each of shape ``(C, ...)``.
-        loss_of: the summed loss of the chains, a scalar tensor.
-        predictor: maps the parameters to a tensor of shape ``(C, ...)`` (e.g. ``u * v``).
-        sigma: :math:`\sigma \ge 0`, the standard deviation of the perturbation.
-        lr: :math:`\eta > 0`.
-        steps: :math:`N \ge 1`.
-        burn_in: :math:`0 \le N_0 < N`, steps left out of the average.
-        generator: the source of :math:`\xi`, on the parameters' device.
-
-    Returns:
-        Tensor: the time average of ``predictor``, shape ``(C, ...)``.
+        \bar P = \frac{1}{N - N_0} \sum_{n = N_0}^{N - 1} P(w_{n+1}).
 
     Raises:
         TypeError: if ``params`` is not a non-empty sequence of tensors or a function is not callable.
@@ -169,7 +148,7 @@ def stationary_covariance_scale(
 
 @dataclass(frozen=True)
 class ReferenceCheck:
-    """The statistic T of :func:`judge_against_reference`, its interval, verdict and the per-coordinate parts."""
+    """:func:`judge_against_reference`'s ``t`` and its interval [``low``, ``high``], the ``gap`` :math:`g`, the per-coordinate ``err`` and ``se``, and the ``verdict``."""
 
     t: float
     low: float
@@ -210,13 +189,11 @@ def judge_against_reference(
         level: the simultaneous confidence level, in :math:`(0, 1)`.
 
     Returns:
-        ReferenceCheck: ``t``, ``low``, ``high``, ``gap`` :math:`g`, per-coordinate ``err``
-        and ``se``, and the ``verdict``.
+        ReferenceCheck
 
     Raises:
         TypeError: if an argument is not a tensor.
-        ValueError: if the shapes do not match, :math:`C < 2`, ``stated`` equals ``wrong``,
-            or ``level`` is not in :math:`(0, 1)`.
+        ValueError: on mismatched shapes, :math:`C < 2`, ``stated`` equal to ``wrong``, or ``level`` outside :math:`(0, 1)`.
     """
     chain_values = check_tensor(chain_values, "chain_values", ndim=2)
     stated = check_tensor(stated, "stated", ndim=1)
@@ -259,20 +236,18 @@ def variance_by_width(
     per step, averaged over a cycle (``"layer"``; Orvieto et al. 2023, §4).
 
     Args:
-        loss_fn: maps a dict of tensors to a scalar loss (a pure tensor function).
+        loss_fn, sigma, samples, generator: as
+            :func:`~gni_lib.perturbation.perturbed_gradient_variance`.
         weights_at: maps a width to the dict of tensors at that width.
         widths: :math:`m`, positive ints.
-        sigma: :math:`\sigma \ge 0`.
-        samples: Monte Carlo draws per estimate, at least 2.
-        generator: the source of the noise.
 
     Returns:
         tuple[dict, dict]: the variances per parameter and their standard errors, each
         ``{"all": [...], "layer": [...]}`` in the order of ``widths``.
 
     Raises:
-        TypeError: if a function is not callable or a width is not an int.
-        ValueError: if ``widths`` is empty or holds a width below 1; otherwise as
+        TypeError, ValueError: if a function is not callable or ``widths`` is not a non-empty
+            sequence of ints :math:`\ge 1`; otherwise as
             :func:`~gni_lib.perturbation.perturbed_gradient_variance`.
     """
     _check_callables(loss_fn=loss_fn, weights_at=weights_at)
@@ -315,9 +290,7 @@ def loglog_slope_with_se(
         tuple[float, float]: the slope and its standard error.
 
     Raises:
-        ValueError: if the lengths differ, fewer than two points are given, ``x`` has an
-            entry that is not positive or all entries equal, ``values`` has one that is not
-            positive, or ``ses`` has one that is negative; otherwise as
+        ValueError: if the lengths differ, or the entries are not as above; otherwise as
             :func:`gni_lib.stats.loglog_slope`.
     """
     xs, vs, ss = (np.asarray(a, dtype=float).reshape(-1) for a in (x, values, ses))
