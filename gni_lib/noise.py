@@ -13,14 +13,10 @@ pass (Camuto et al. 2020, eqs. 1 and 6). Like :class:`torch.nn.Dropout`, a site
 is the identity in ``eval()`` mode, so the clean network is the same module
 switched to ``eval()``.
 
-``sigma`` is always a **standard deviation**, never a variance.
-
-:func:`noise_sites` lists the sites of a model in forward order (for an
-:func:`gni_lib.models.MLP`, site :math:`k` acts on :math:`h_k`), and
-:func:`set_noise` sets their :math:`\sigma_k`. :func:`replace_site_outputs`
-switches the sites' own noise off for a while and lets the caller decide what
-each site returns: a zero perturbation to differentiate with respect to (layer
-Jacobians), or noise drawn from the caller's generator (Monte Carlo).
+``sigma`` is always a **standard deviation**, never a variance. :func:`noise_sites` lists
+the sites in forward order, :func:`set_noise` sets their :math:`\sigma_k`, and
+:func:`replace_site_outputs` lets the caller decide what each site returns (a zero
+perturbation to differentiate, or noise from the caller's generator).
 """
 
 from __future__ import annotations
@@ -70,26 +66,15 @@ def standard_noise(
 
     - ``"gaussian"``: :math:`z_i \sim \mathcal N(0, 1)`, drawn as
       ``torch.randn(shape, generator=generator, dtype=dtype, device=device)``.
-    - ``"rademacher"``: :math:`P(z_i = 1) = P(z_i = -1) = \tfrac12`, the noise of
-      Orvieto et al. (2022), Thm. 3.1 (same mean and variance as the Gaussian, fourth
-      moment 1 instead of 3), drawn as ``2 * torch.randint(0, 2, shape,
-      generator=generator, device=device) - 1`` cast to ``dtype``.
+    - ``"rademacher"``: :math:`P(z_i = \pm 1) = \tfrac12`, the noise of Orvieto et al.
+      (2022), Thm. 3.1 (fourth moment 1 instead of 3), drawn as
+      ``2 * torch.randint(0, 2, shape, generator=generator, device=device) - 1`` in ``dtype``.
 
-    A flat draw of as many numbers, viewed as ``shape``, gives the same numbers
-    (tests/test_noise.py checks this on each device it runs on), so the flat
-    buffers of :mod:`gni_lib.optim` and the shaped draws of :class:`GaussianNoise`
-    are one stream.
-
-    Args:
-        shape: the shape of :math:`z` (an int for a flat draw).
-        generator: the source; ``None`` uses torch's global generator. It must draw
-            on ``device`` (the callers check this, with their own messages).
-        dtype: the floating-point dtype of :math:`z`.
-        device: where :math:`z` lives.
-        distribution: one of :data:`NOISE_DISTRIBUTIONS`.
-
-    Returns:
-        Tensor: :math:`z`, of shape ``shape``.
+    A flat draw of as many numbers, viewed as ``shape``, gives the same numbers (tested
+    on each device), so the flat buffers of :mod:`gni_lib.optim` and the shaped draws of
+    :class:`GaussianNoise` are one stream. ``shape`` is an int for a flat draw;
+    ``generator`` (``None``: torch's global one) must draw on ``device``, which the
+    callers check with their own messages.
 
     Raises:
         ValueError: if ``distribution`` is not one of :data:`NOISE_DISTRIBUTIONS`.
@@ -105,19 +90,13 @@ def standard_noise(
 def sigma_list(sigma: object, count: int, name: str = "sigma") -> list[float]:
     r"""Expand ``sigma`` into one standard deviation per noise site.
 
-    Args:
-        sigma: one real :math:`\sigma \ge 0` for every site, or a sequence (list,
-            tuple, 1-D array or tensor) of ``count`` of them.
-        count: the number of sites.
-        name: the argument name used in error messages.
-
-    Returns:
-        list[float]: :math:`[\sigma_0, \dots, \sigma_{\text{count}-1}]`.
+    ``sigma`` is one real :math:`\sigma \ge 0` for all ``count`` sites, or a sequence (list,
+    tuple, 1-D array or tensor) of ``count`` of them; ``name`` is used in error messages.
+    Returns :math:`[\sigma_0, \dots, \sigma_{\text{count}-1}]`.
 
     Raises:
         TypeError: if ``sigma`` is neither a real number nor a sequence of them.
-        ValueError: if a value is negative or not finite, or the sequence does not
-            have ``count`` entries.
+        ValueError: if a value is negative or not finite, or the sequence does not have ``count`` entries.
     """
     return check_values(sigma, count, name, _check_sigma, per="noise site")
 
@@ -133,38 +112,27 @@ class GaussianNoise(nn.Module):
         \text{multiplicative:}\quad \tilde h = h \odot (1 + \sigma z)
         = h + \sigma\, (h \odot z),
 
-    with :math:`z \sim \mathcal N(0, I)` of the shape of :math:`h`, drawn by
-    :func:`standard_noise` (``torch.randn(h.shape, generator=self.generator,
-    dtype=h.dtype, device=h.device)``) at every call. The second form of the multiplicative case is
-    Camuto et al. (2020), eq. 6: multiplicative noise is additive noise scaled by
-    the activation. In ``eval()`` mode, or when :math:`\sigma = 0`, the site is
-    the identity and returns its input object unchanged (no random numbers are
-    drawn).
+    with :math:`z \sim \mathcal N(0, I)` of the shape of :math:`h` drawn by
+    :func:`standard_noise` at every call; the second form is Camuto et al. (2020), eq. 6:
+    multiplicative noise is additive noise scaled by the activation. In ``eval()`` mode,
+    or when :math:`\sigma = 0`, the site returns its input object unchanged and draws
+    nothing. A :func:`copy.deepcopy` of a site (or of a model holding sites) copies its
+    generator in its current state, so the copy draws the same noise from its own stream.
 
     Args:
-        sigma: the standard deviation :math:`\sigma \ge 0` (not a variance).
+        sigma: the standard deviation :math:`\sigma \ge 0` (not a variance); assigning
+            to the attribute later is validated too.
         mode: ``"additive"`` or ``"multiplicative"``.
-        generator: where :math:`z` is drawn from; ``None`` uses torch's global
-            generator. It must live on the same device type as the activations.
-
-    A :func:`copy.deepcopy` of a site (or of a model holding sites) copies its
-    generator with the generator's current state, so the copy then draws the same
-    noise as the original, from its own stream.
-
-    Attributes:
-        sigma (float): the standard deviation; assigning to it is validated.
-        mode (str): ``"additive"`` or ``"multiplicative"``.
-        generator (torch.Generator | None): the source of the noise.
+        generator: where :math:`z` is drawn from, on the activations' device type;
+            ``None`` uses torch's global generator.
 
     Shapes:
         input :math:`(*)`, output :math:`(*)`, the same shape, dtype and device.
 
     Raises:
-        TypeError: if ``sigma`` is not a real number, or ``generator`` is not a
-            :class:`torch.Generator` or ``None``.
-        ValueError: if ``sigma`` is negative or not finite, ``mode`` is unknown,
-            or (at the forward pass) ``generator`` draws on a different device
-            type than the input.
+        TypeError: if ``sigma`` is not a real number, or ``generator`` not a :class:`torch.Generator` or ``None``.
+        ValueError: if ``sigma`` is negative or not finite, ``mode`` is unknown, or (at the
+            forward pass) ``generator`` draws on another device type than the input.
     """
 
     def __init__(
@@ -276,15 +244,12 @@ def replace_site_outputs(
 ) -> Iterator[list[int]]:
     r"""Within the ``with`` block, noise site :math:`k` of ``model`` returns ``replace(k, h_k)``.
 
-    The sites' own noise is off inside the block (each site is switched to
-    ``eval()``, so it draws nothing from its generator and passes :math:`h_k`
-    through), and a forward hook hands the clean activation :math:`h_k` to
-    ``replace``, whose result the rest of the network sees instead. ``k`` is the
-    site's index in :func:`noise_sites` order. For example
+    Inside the block each site is in ``eval()`` (it draws nothing) and a forward hook hands
+    its clean activation :math:`h_k` to ``replace``, whose result the rest of the network
+    sees; ``k`` is the site's index in :func:`noise_sites` order. For example
     ``replace = lambda k, h: h + delta[k]`` evaluates the network at
-    :math:`\tilde h_k = h_k + \delta_k` (Camuto et al. 2020, eq. 5) with
-    perturbations of the caller's choosing. On exit the hooks are removed and
-    every site gets back its ``training`` flag, also when the block raises.
+    :math:`\tilde h_k = h_k + \delta_k` (Camuto et al. 2020, eq. 5). On exit, also when the
+    block raises, the hooks are removed and every site gets back its ``training`` flag.
 
     Yields:
         list[int]: how many times each site has been called so far inside the
