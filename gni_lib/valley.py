@@ -1,20 +1,12 @@
 r"""Anti-PGD's two test problems, many runs at once: the widening valley and sparse regression.
 
 Orvieto et al. (2022) compare PGD and Anti-PGD (:mod:`gni_lib.optim`) on two
-problems whose Hessian trace is known in closed form:
-
-* the *widening valley* :math:`L(u, v) = \tfrac12 v^2 \lVert u \rVert^2`,
-  :math:`\operatorname{Tr}\nabla^2 L = d v^2 + \lVert u \rVert^2` (Sec. 3, Thm. 3.1);
-  :func:`valley_grads` is its gradient for a batch of points and
-  :func:`simulate_valley` runs PGD and Anti-PGD on it, every run a row of one tensor;
-* *quadratically parametrised regression* :math:`L(w) = \frac{1}{4n}\lVert X(w \odot w)
-  - y \rVert^2` (Sec. 4); :func:`quadratic_regression_grads` is its gradient for a
-  batch of problems and points.
-
-The single-point losses and traces live in :mod:`gni_lib.data`
-(:func:`~gni_lib.data.widening_valley_loss`,
-:func:`~gni_lib.data.quadratic_regression_loss`), and the tests check these
-gradients against autograd on them.
+problems whose Hessian trace is known in closed form, the widening valley
+(Sec. 3, Thm. 3.1; lecture 14) and quadratically parametrised regression (Sec. 4;
+lecture 15). This module holds their gradients for a batch of points, one run a
+row, and the simulation and figure of Thm. 3.1; the single-point losses and traces
+live in :mod:`gni_lib.data`, and the tests check these gradients against autograd
+on them.
 """
 
 from __future__ import annotations
@@ -49,8 +41,7 @@ def valley_grads(params: Mapping[str, Tensor]) -> dict[str, Tensor]:
 
     Raises:
         TypeError: if ``params`` is not a mapping or an entry is not a tensor.
-        ValueError: if a key ``"u"`` or ``"v"`` is missing, an entry is not floating
-            point, or the shapes are not :math:`(R, d)` and :math:`(R,)`.
+        ValueError: if a key is missing or an entry is not floating point or of its shape.
     """
     if not isinstance(params, Mapping):
         raise TypeError(f"params must be a dict with keys 'u' and 'v', got {type(params).__name__}")
@@ -62,6 +53,11 @@ def valley_grads(params: Mapping[str, Tensor]) -> dict[str, Tensor]:
     if v.shape[0] != u.shape[0]:
         raise ValueError(f"params['v'] must have shape ({u.shape[0]},) to match params['u'], got {tuple(v.shape)}")
     return {"u": v.pow(2).unsqueeze(1) * u, "v": v * u.pow(2).sum(1)}
+
+
+def _per_row(values: dict[str, Tensor], column: Tensor) -> dict[str, Tensor]:
+    """Row :math:`r` of ``values["u"]`` :math:`(R, d)` and ``values["v"]`` :math:`(R,)` times ``column[r]``."""
+    return {"u": values["u"] * column.unsqueeze(1), "v": values["v"] * column}
 
 
 def _check_settings(settings: object) -> list[tuple[str, float]]:
@@ -137,8 +133,7 @@ def simulate_valley(
 
     Raises:
         TypeError: if ``settings`` is not a sequence of pairs, or a count is not an int.
-        ValueError: if a distribution is unknown, a variance, ``D``, ``alpha`` or
-            ``blow_up`` is not positive, or a count is below 1.
+        ValueError: if a distribution is unknown, or a number is not positive.
         RuntimeError: if the first step differs from :func:`~gni_lib.optim.pgd_update`.
     """
     settings = _check_settings(settings)
@@ -178,19 +173,19 @@ def simulate_valley(
     for n in range(1, steps + 1):
         grads = valley_grads(params)
         gauss, signs = (draw_noise(params, 1.0, noise_gen, distribution=dist) for dist in ("gaussian", "rademacher"))
-        noise = {k: torch.where(is_sign if k == "v" else is_sign.unsqueeze(1), signs[k], gauss[k])
-                 * (sigma_col if k == "v" else sigma_col.unsqueeze(1)) for k in ("u", "v")}
+        chosen = {"u": torch.where(is_sign.unsqueeze(1), signs["u"], gauss["u"]),
+                  "v": torch.where(is_sign, signs["v"], gauss["v"])}
+        noise = _per_row(chosen, sigma_col)
         new, state = anti_pgd_update(params, grads, noise, state, eta)
         if n == 1:  # xi_0 = 0: the first step is the PGD step for every row
             reference = pgd_update(params, grads, noise, eta)
             if not all(torch.equal(new[k], reference[k]) for k in new):
                 raise RuntimeError("simulate_valley: the first Anti-PGD step differs from the PGD step")
         params = new
-        state = {"u": state["u"] * is_anti.unsqueeze(1), "v": state["v"] * is_anti}  # PGD rows: no xi_n
+        state = _per_row(state, is_anti)  # PGD rows: no xi_n
         # a diverged run is zeroed, without a host sync: on a live row the mask multiplies by 1 exactly
         alive &= params["u"].pow(2).sum(1) + params["v"].pow(2) < blow_up
-        params = {"u": params["u"] * alive.unsqueeze(1), "v": params["v"] * alive}
-        state = {"u": state["u"] * alive.unsqueeze(1), "v": state["v"] * alive}
+        params, state = _per_row(params, alive), _per_row(state, alive)
         if n % record_every == 0:
             record(n)
     shape = (len(recorded), 2, len(settings), runs)
@@ -215,8 +210,7 @@ def quadratic_regression_grads(w: Tensor, x: Tensor, y: Tensor) -> Tensor:
 
     Raises:
         TypeError: if an argument is not a tensor.
-        ValueError: if one is not floating point, ``x`` or ``y`` is not finite, or
-            the shapes do not match as above.
+        ValueError: if one is not floating point or of its shape, or ``x`` or ``y`` is not finite.
     """
     w = check_tensor(w, "w", ndim=2, finite=False)
     x = check_tensor(x, "x", ndim=3)
