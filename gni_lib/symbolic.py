@@ -66,9 +66,7 @@ def _polynomial(expr: sympy.Expr, gens: Sequence[sympy.Symbol], gens_name: str) 
     try:
         return sympy.Poly(expr, *gens, domain="EX")
     except sympy.PolynomialError:
-        raise ValueError(
-            f"expr must be a polynomial in {gens_name} {list(gens)}, got {expr}"
-        ) from None
+        raise ValueError(f"expr must be a polynomial in {gens_name} {list(gens)}, got {expr}") from None
 
 
 # --------------------------------------------------------------------------- Taylor
@@ -118,9 +116,7 @@ def taylor_polynomial(
     if isinstance(point, (str, sympy.Basic)) or not isinstance(point, Sequence):
         raise TypeError(f"point must be a sequence of expressions, got {type(point).__name__}")
     if len(point) != len(variables):
-        raise ValueError(
-            f"point must have {len(variables)} entries, like variables, got {len(point)}"
-        )
+        raise ValueError(f"point must have {len(variables)} entries, like variables, got {len(point)}")
     point = [_check_expr(value, "point") for value in point]
     at_point = dict(zip(variables, point))
     shifts = [v - a for v, a in zip(variables, point)]
@@ -244,10 +240,8 @@ def gaussian_expectation(
     expr = _check_expr(expr)
     if covariance is None:
         if not isinstance(noise, Mapping):
-            raise TypeError(
-                f"noise must be a mapping {{symbol: sigma}} when covariance is None, "
-                f"got {type(noise).__name__}"
-            )
+            kind = type(noise).__name__
+            raise TypeError(f"noise must be a mapping {{symbol: sigma}} when covariance is None, got {kind}")
         symbols = _check_symbols(list(noise), "noise")
         sigmas = [_check_sigma(noise[s], f"noise[{s}]") for s in symbols]
         for s, sigma in zip(symbols, sigmas):
@@ -259,21 +253,16 @@ def gaussian_expectation(
 
     else:
         if isinstance(noise, Mapping):
-            raise TypeError(
-                "noise must be a sequence of Symbols when covariance is given, got a mapping"
-            )
+            raise TypeError("noise must be a sequence of Symbols when covariance is given, got a mapping")
         symbols = _check_symbols(noise, "noise")
         try:
             matrix = sympy.Matrix(covariance)
         except Exception:  # sympy raises several types for non-matrices
-            raise TypeError(
-                f"covariance must be a sympy Matrix or nested list, got {type(covariance).__name__}"
-            ) from None
+            kind = type(covariance).__name__
+            raise TypeError(f"covariance must be a sympy Matrix or nested list, got {kind}") from None
         n = len(symbols)
         if matrix.shape != (n, n):
-            raise ValueError(
-                f"covariance must be {n}x{n} for {n} noise symbols, got {matrix.shape}"
-            )
+            raise ValueError(f"covariance must be {n}x{n} for {n} noise symbols, got {matrix.shape}")
         if not (matrix - matrix.T).applyfunc(sympy.simplify).is_zero_matrix:
             raise ValueError(f"covariance must be symmetric, got {matrix.tolist()}")
         if any(matrix[i, i].is_negative for i in range(n)):
