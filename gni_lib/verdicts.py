@@ -41,16 +41,13 @@ Region = tuple[float, float]
 
 
 def _check_region(region: object, name: str) -> Region:
-    if not isinstance(region, (tuple, list)) or len(region) != 2:
+    if not isinstance(region, (tuple, list)) or len(region) != 2 or any(
+        isinstance(v, bool) or not isinstance(v, numbers.Real) or math.isnan(v) for v in region
+    ):
         raise TypeError(f"{name} must be a pair (low, high) of real numbers, got {region!r}")
-    bounds = []
-    for value in region:
-        if isinstance(value, bool) or not isinstance(value, numbers.Real) or math.isnan(value):
-            raise TypeError(f"{name} must be a pair (low, high) of real numbers, got {region!r}")
-        bounds.append(float(value))
-    if bounds[0] >= bounds[1]:
+    if region[0] >= region[1]:
         raise ValueError(f"{name} must have low < high, got {region!r}")
-    return bounds[0], bounds[1]
+    return float(region[0]), float(region[1])
 
 
 def verdict(low: float, high: float, *, claim: Region, approx: Region | None = None) -> str:
@@ -149,10 +146,7 @@ def combine(verdicts: Sequence[str]) -> str:
         raise ValueError(f"verdicts must each be one of {VERDICTS}, got {sorted(map(repr, unknown))}")
     if len(found) == 1:
         return found.pop()
-    for weakest in (VERDICTS[2], VERDICTS[3]):
-        if weakest in found:
-            return weakest
-    return VERDICTS[1]
+    return next((weakest for weakest in VERDICTS[2:] if weakest in found), VERDICTS[1])
 
 
 def joint_verdict(
