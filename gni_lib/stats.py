@@ -8,14 +8,13 @@ compute the last two, and the log-log slope that orders (":math:`O(\sigma^4)`") 
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 from scipy import stats as _scipy_stats
 
-from ._checks import check_interval
+from ._checks import check_fraction, check_interval
 
 __all__ = ["mean_and_se", "t_interval", "interval_sign", "loglog_slope", "ratio_interval"]
 
@@ -36,14 +35,6 @@ def _as_vector(values: object, name: str, minimum: int, *, flatten: bool = False
     if not np.isfinite(array).all():
         raise ValueError(f"{name} must be finite, but it holds NaN or infinite entries")
     return array
-
-
-def _check_level(level: object) -> float:
-    if isinstance(level, bool) or not isinstance(level, numbers.Real):
-        raise TypeError(f"level must be a real number in (0, 1), got {type(level).__name__}")
-    if not 0 < level < 1:
-        raise ValueError(f"level must be in (0, 1), got {level}")
-    return float(level)
 
 
 def mean_and_se(values: Sequence[float] | torch.Tensor | np.ndarray) -> tuple[float, float]:
@@ -87,7 +78,7 @@ def t_interval(
         ValueError: if there are fewer than two finite values, or ``level`` is
             not in :math:`(0, 1)`.
     """
-    level = _check_level(level)
+    level = check_fraction(level, "level")
     mean, se = mean_and_se(values)
     n = _as_vector(values, "values", 2, flatten=True).size
     half = float(_scipy_stats.t.ppf(0.5 + level / 2, n - 1)) * se
@@ -170,7 +161,7 @@ def ratio_interval(
         ValueError: if either sample holds fewer than two (finite) values, or
             ``level`` is not in :math:`(0, 1)`.
     """
-    level = _check_level(level)
+    level = check_fraction(level, "level")
     a = _as_vector(numerator, "numerator", 2, flatten=True)
     b = _as_vector(denominator, "denominator", 2, flatten=True)
     k = min(a.size, b.size)
