@@ -19,7 +19,7 @@ import os
 
 import torch
 
-from ._checks import check_generator, check_int
+from ._checks import check_generator, check_int, check_positive_int
 from .device import get_device
 
 __all__ = ["make_generator", "spawn_generators", "check_generator", "get_stream", "stream_seed", "SEED_ENV_VAR"]
@@ -105,10 +105,8 @@ def spawn_generators(
 
     Raises:
         TypeError: if ``seed`` or ``count`` is not an integer.
-        ValueError: if either is negative or ``count`` is zero.
+        ValueError: if ``seed`` is negative or ``count`` is below 1.
     """
     seed = _check_seed(seed)
-    count = _check_seed(count, "count")
-    if count == 0:
-        raise ValueError("count must be a positive int, got 0")
+    count = check_positive_int(count, "count")
     return [make_generator(_hash_seed(f"gni_lib.spawn:{seed}:{i}"), device) for i in range(count)]
