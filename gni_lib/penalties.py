@@ -8,12 +8,10 @@ For a model :math:`F : \mathbb R^{d_\text{in}} \to \mathbb R^{d_\text{out}}`,
     P_\sigma(x) = \mathbb E_{\varepsilon \sim \mathcal N(0, \sigma^2 I)}
         \lVert J_F(x + \varepsilon) \rVert_F^2 .
 
-:math:`P_0` is the Tikhonov regulariser that training with small input noise
-amounts to for the squared error (Bishop 1995); :math:`P_\sigma` is the penalty of
-Rifai et al. (2011), who add noise only *inside* the regulariser and show that
-:math:`P_\sigma = P_0 + \sigma^2 \lVert H_F \rVert^2 + \dots`, a penalty on the
-Hessian as well. To second order in :math:`\sigma` (Rifai et al. 2011;
-chapter 07 of the book),
+:math:`P_0` is the Tikhonov regulariser that small input noise amounts to for the
+squared error (Bishop 1995); :math:`P_\sigma` is the penalty of Rifai et al. (2011),
+with noise only *inside* the regulariser. To second order (derived in lecture 12,
+book/12-noise-inside-regulariser.md),
 
 .. math::
 
@@ -21,10 +19,11 @@ chapter 07 of the book),
         + \sigma^2 \Bigl( \lVert H_F \rVert_F^2
         + \sum_{k,i} J_{ki}\, \partial_i \Delta F_k \Bigr) + O(\sigma^4),
 
-with :math:`\lVert H_F \rVert_F^2 = \sum_{k,a,b} (\partial_a \partial_b F_k)^2`
-(:func:`input_hessian_norm`) and the third-derivative cross term
-(:func:`jacobian_laplacian_cross`). For many outputs the Jacobian norm has an
-unbiased Hutchinson estimate, ``jacobian_penalty(..., method="hutchinson")``.
+with the Hessian term :func:`input_hessian_norm` and the third-derivative cross term
+:func:`jacobian_laplacian_cross`. All routes run the model once on the batch and
+need examples that do not interact: example :math:`b`'s output depends on
+:math:`x_b` only, so one vector-Jacobian product with the same cotangent on every
+example gives one row of every example's Jacobian.
 """
 
 from __future__ import annotations
@@ -36,6 +35,7 @@ import torch
 from torch import Tensor
 
 from ._checks import check_choice, check_positive_int, check_real
+from .jacobians import output_basis
 from .seeding import check_generator
 
 __all__ = [
@@ -73,25 +73,33 @@ def _check_input(x: object) -> Tensor:
     return x
 
 
+def _vjp_rows(model: Callable[[Tensor], Tensor], x: Tensor, cotangents: Callable[[Tensor], Tensor]) -> Tensor:
+    """(c, N, d_in): the rows :math:`v^\top J_F(x_n)` for the cotangents ``cotangents(output)``, (c, N, d_out)."""
+    output, vjp_fn = torch.func.vjp(model, x)
+    _check_output(output, x)
+    (rows,) = torch.func.vmap(vjp_fn)(cotangents(output))
+    return rows
+
+
+def _jacobians(model: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
+    """(B, d_out, d_in): cotangent :math:`e_i` on every example gives row :math:`i` of every Jacobian."""
+    return _vjp_rows(model, x, lambda output: output_basis(output).transpose(0, 1)).transpose(0, 1)
+
+
 def per_example_jacobians(model: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
     r"""Return the Jacobians :math:`J_F(x_b) = \partial F(x_b) / \partial x_b` of every example.
 
     .. math::
 
-        J[b, i, a] = \frac{\partial F_i(x_b)}{\partial x_{b,a}} .
+        J[b, i, a] = \frac{\partial F_i(x_b)}{\partial x_{b,a}},
 
-    The model is run once on the whole batch; the :math:`d_\text{out}` rows of
-    every Jacobian then come from one vector-Jacobian product per output
-    coordinate, vectorised with :func:`torch.func.vmap`: since example :math:`b`'s
-    output depends only on :math:`x_b`, the gradient of
-    :math:`\sum_b F_i(x_b)` with respect to :math:`x_b` is row :math:`i` of
-    :math:`J_F(x_b)`. This needs a model whose examples do not interact (no
-    batch normalisation in training mode). The result is differentiable with
-    respect to the model's parameters (and ``x``) when autograd is enabled.
+    by :math:`d_\text{out}` vector-Jacobian products vectorised with
+    :func:`torch.func.vmap` (module docstring). Differentiable with respect to the
+    parameters (and ``x``) when autograd is on.
 
     Args:
         model: maps :math:`(B, d_\text{in})` to :math:`(B, d_\text{out})`.
-        x: the inputs, shape :math:`(B, d_\text{in})`, floating point.
+        x: the inputs, shape :math:`(B, d_\text{in})`, finite, floating point.
 
     Returns:
         Tensor: shape :math:`(B, d_\text{out}, d_\text{in})`, on ``x``'s device and dtype.
@@ -103,17 +111,6 @@ def per_example_jacobians(model: Callable[[Tensor], Tensor], x: Tensor) -> Tenso
     """
     x = _check_model_and_input(model, x)
     return _jacobians(model, x)
-
-
-def _jacobians(model: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
-    output, vjp_fn = torch.func.vjp(model, x)
-    _check_output(output, x)
-    batch, d_out = output.shape
-    # basis[i] is the cotangent e_i repeated over the batch: shape (d_out, B, d_out).
-    basis = torch.eye(d_out, device=output.device, dtype=output.dtype)
-    basis = basis.unsqueeze(1).expand(d_out, batch, d_out)
-    (rows,) = torch.func.vmap(vjp_fn)(basis)  # (d_out, B, d_in)
-    return rows.transpose(0, 1)
 
 
 def jacobian_penalty(
@@ -134,22 +131,12 @@ def jacobian_penalty(
             \bigl\lVert J_F(x_b + \varepsilon_{s,b}) \bigr\rVert_F^2,
         \qquad \varepsilon_{s,b} \sim \mathcal N(0, \sigma^2 I_{d_\text{in}}),
 
-    with :math:`\sigma` = ``noise_std`` and :math:`S` = ``samples``. With
-    :math:`\sigma = 0` this is the Tikhonov regulariser :math:`\lVert J_F(x)\rVert_F^2`
-    of Bishop (1995); with :math:`\sigma > 0` it is the Monte Carlo estimate, with
-    :math:`S` draws per example, of the noisy-input penalty of Rifai et al.
-    (2011), :math:`\mathbb E_\varepsilon \lVert J_F(x + \varepsilon) \rVert_F^2`.
+    with :math:`\sigma` = ``noise_std`` and :math:`S` = ``samples``: Bishop's (1995)
+    Tikhonov regulariser at :math:`\sigma = 0`, else the Monte Carlo estimate of
+    Rifai et al.'s (2011) noisy-input penalty.
 
-    **Draw order.** When :math:`\sigma > 0`, the noise is one tensor
-    ``noise_std * torch.randn((samples, B, d_in), generator=generator,
-    device=x.device, dtype=x.dtype)``, and :math:`\varepsilon_{s,b}` is its entry
-    ``[s, b]``. When :math:`\sigma = 0` nothing is drawn and ``samples`` does not
-    change the value (every draw would give the same Jacobian).
-
-    **Methods.** ``method="exact"`` computes every Jacobian, one vector-Jacobian
-    product per output coordinate (:math:`d_\text{out}` of them, vectorised).
-    ``method="hutchinson"`` replaces :math:`\lVert J \rVert_F^2` by the unbiased
-    estimate
+    ``method="exact"``: every Jacobian, :math:`d_\text{out}` vector-Jacobian products.
+    ``method="hutchinson"``: the unbiased estimate (:math:`\mathbb E[v v^\top] = I`)
 
     .. math::
 
@@ -157,51 +144,41 @@ def jacobian_penalty(
         \approx \frac1M \sum_{m=1}^{M} \lVert v_m^\top J \rVert^2,
         \qquad v_m \in \{-1, +1\}^{d_\text{out}} \text{ Rademacher},
 
-    (:math:`\mathbb E[v v^\top] = I`), with :math:`M` = ``probes`` independent
-    probes per (noisy) example: :math:`M` vector-Jacobian products instead of
-    :math:`d_\text{out}`. For a fixed draw the estimate is a smooth function of
-    the parameters, so its parameter gradient is an unbiased estimate of the
-    gradient of the exact penalty. ``probes`` is ignored by ``"exact"``.
+    with :math:`M` = ``probes`` per noisy example: :math:`M` products instead of
+    :math:`d_\text{out}`. For a fixed draw it is smooth in the parameters, so its
+    gradient is unbiased for the exact penalty's.
 
-    **Draw order.** When :math:`\sigma > 0`, the noise is drawn first (see above);
-    then, for ``"hutchinson"``, the probes are
-    ``2 * torch.randint(0, 2, (probes, N, d_out), generator=generator,
-    device=x.device) - 1`` (cast to ``x``'s dtype), with :math:`N = S B` noisy
-    inputs in the order of the noise draw (:math:`N = B` when :math:`\sigma = 0`).
+    **Draw order.** If :math:`\sigma > 0`: ``noise_std * torch.randn((samples, B, d_in),
+    generator=generator, device=x.device, dtype=x.dtype)``, :math:`\varepsilon_{s,b}`
+    its entry ``[s, b]`` (at :math:`\sigma = 0` nothing is drawn and ``samples`` does not
+    matter). Then, for ``"hutchinson"``, ``2 * torch.randint(0, 2, (probes, N, d_out),
+    generator=generator, device=x.device) - 1`` in ``x``'s dtype, over the :math:`N = S B`
+    noisy inputs in the noise's order (:math:`N = B` at :math:`\sigma = 0`).
 
-    **The model is evaluated as given**, once, on all :math:`S B` noisy inputs. Its
-    own noise sites should be off (``model.eval()``) or absent, otherwise their
-    noise enters the Jacobian as well. Examples must not interact (see
-    :func:`per_example_jacobians`).
-
-    The value is differentiable with respect to the model's parameters (the graph
-    is created), so it can be added to a training loss. Under
-    :func:`torch.no_grad` it is computed without a graph.
+    The model runs as given, once on all :math:`N` inputs: its own noise sites should
+    be off (``model.eval()``). Differentiable with respect to the parameters (add it
+    to a training loss); under :func:`torch.no_grad`, without a graph.
 
     Args:
         model: maps :math:`(N, d_\text{in})` to :math:`(N, d_\text{out})`, e.g. an
             :func:`gni_lib.models.MLP` in ``eval()`` mode.
         x: the inputs, shape :math:`(B, d_\text{in})`, finite, floating point.
-        noise_std: :math:`\sigma \ge 0`, the standard deviation (not variance) of
-            the input noise.
+        noise_std: :math:`\sigma \ge 0`, a standard deviation (not variance).
         samples: :math:`S \ge 1`, noise draws per example.
-        method: ``"exact"`` or ``"hutchinson"`` (see :data:`PENALTY_METHODS`).
-        probes: :math:`M \ge 1`, Rademacher probes per noisy example (``"hutchinson"``).
-        generator: the source of :math:`\varepsilon` and of the probes, on ``x``'s
-            device type; ``None`` uses torch's global generator.
+        method: one of :data:`PENALTY_METHODS`.
+        probes: :math:`M \ge 1` (``"hutchinson"`` only).
+        generator: the source of :math:`\varepsilon` and the probes, on ``x``'s device
+            type; ``None`` uses torch's global generator.
 
     Returns:
         Tensor: a scalar on ``x``'s device and dtype.
 
     Raises:
-        TypeError: if ``model`` is not callable, ``x`` is not a tensor,
-            ``noise_std`` is not a real number, ``samples`` or ``probes`` is not an
-            int, or ``generator`` is not a :class:`torch.Generator`.
-        ValueError: if ``x`` is not 2-D, floating, and finite; ``noise_std`` is
-            negative or not finite; ``samples < 1``; ``method`` is not in
-            :data:`PENALTY_METHODS`; ``probes < 1``; ``generator`` draws on another
-            device type than ``x``; or the model's output is not
-            :math:`(N, d_\text{out})`.
+        TypeError: if ``model`` is not callable or ``x``, ``noise_std``, ``samples``,
+            ``probes`` or ``generator`` has the wrong type.
+        ValueError: for bad ``x``, a negative or non-finite ``noise_std``, ``samples``
+            or ``probes`` below 1, an unknown ``method``, a generator on another device
+            type, or an output not :math:`(N, d_\text{out})`.
     """
     x = _check_model_and_input(model, x)
     noise_std = check_real(noise_std, "noise_std", what=" (a standard deviation)")
@@ -228,13 +205,12 @@ def _hutchinson_squared_norm(
     model: Callable[[Tensor], Tensor], inputs: Tensor, probes: int, generator: torch.Generator | None
 ) -> Tensor:
     """Sum over rows of the probe-mean of ||v^T J||^2, Rademacher v over the outputs."""
-    output, vjp_fn = torch.func.vjp(model, inputs)
-    _check_output(output, inputs)
-    count, d_out = output.shape
-    signs = torch.randint(0, 2, (probes, count, d_out), generator=generator, device=inputs.device)
-    cotangents = (2 * signs - 1).to(output.dtype)
-    (rows,) = torch.func.vmap(vjp_fn)(cotangents)  # (probes, N, d_in): v^T J per row
-    return rows.pow(2).sum() / probes
+
+    def probe(output: Tensor) -> Tensor:
+        signs = torch.randint(0, 2, (probes, *output.shape), generator=generator, device=inputs.device)
+        return (2 * signs - 1).to(output.dtype)
+
+    return _vjp_rows(model, inputs, probe).pow(2).sum() / probes
 
 
 def _check_output(output: object, x: Tensor) -> None:
@@ -257,9 +233,9 @@ def _per_example(model: Callable[[Tensor], Tensor], x: Tensor) -> Callable[[Tens
     return one
 
 
-def _input_hessians(one: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
-    """(B, d_out, d_in, d_in): forward-over-reverse Hessians of every output, vmapped over examples."""
-    return torch.func.vmap(torch.func.jacfwd(torch.func.jacrev(one)))(x)
+def _input_hessian(one: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
+    """(d_in,) -> (d_out, d_in, d_in): the forward-over-reverse Hessians of every output."""
+    return torch.func.jacfwd(torch.func.jacrev(one))
 
 
 def input_hessian_norm(model: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
@@ -271,17 +247,13 @@ def input_hessian_norm(model: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
         = \frac1B \sum_{b} \sum_{k=1}^{d_\text{out}} \sum_{a,c=1}^{d_\text{in}}
           \Bigl(\frac{\partial^2 F_k(x_b)}{\partial x_a \partial x_c}\Bigr)^2 .
 
-    This is the Hessian penalty that Rifai et al. (2011) obtain, at order
-    :math:`\sigma^2`, from :math:`\mathbb E \lVert J_F(x + \varepsilon) \rVert_F^2`
-    without computing it; here it is computed exactly (forward-over-reverse
-    :func:`torch.func.jacfwd` of :func:`torch.func.jacrev`, vectorised over the
-    batch with :func:`torch.func.vmap`), as the oracle for that claim. Its cost
-    grows like :math:`d_\text{out}\, d_\text{in}` products per example: fine for
-    the small networks of the book, not meant for training large ones.
-
-    The model must act on each example separately and must not draw random
-    numbers (put an :func:`gni_lib.models.MLP` in ``eval()`` mode). The value is
-    differentiable with respect to the parameters when autograd is on.
+    The Hessian penalty that Rifai et al. (2011) obtain at order :math:`\sigma^2`
+    from :math:`\mathbb E \lVert J_F(x + \varepsilon) \rVert_F^2` without computing it;
+    here computed exactly (:func:`torch.func.jacfwd` of :func:`torch.func.jacrev`,
+    vmapped over the batch), as the oracle for that claim: :math:`d_\text{out} d_\text{in}`
+    products per example, for the book's small networks. The model must act on each
+    example separately and draw no random numbers (``eval()`` mode). Differentiable
+    with respect to the parameters.
 
     Args:
         model: maps :math:`(B, d_\text{in})` to :math:`(B, d_\text{out})`.
@@ -296,7 +268,7 @@ def input_hessian_norm(model: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
             output is not of shape :math:`(B, d_\text{out})`.
     """
     x = _check_model_and_input(model, x)
-    hessians = _input_hessians(_per_example(model, x), x)
+    hessians = torch.func.vmap(_input_hessian(_per_example(model, x)))(x)
     return hessians.pow(2).sum() / x.shape[0]
 
 
@@ -313,22 +285,17 @@ def jacobian_laplacian_cross(model: Callable[[Tensor], Tensor], x: Tensor) -> Te
 
     The second term of the :math:`\sigma^2` coefficient of
     :math:`\mathbb E \lVert J_F(x + \varepsilon) \rVert_F^2` (Rifai et al. 2011):
-    with :math:`P(x) = \lVert J_F(x) \rVert_F^2`,
-    :math:`\tfrac12 \Delta P = \lVert H_F \rVert_F^2 + \sum_k \nabla F_k \cdot
-    \nabla\Delta F_k`. Unlike :func:`input_hessian_norm` it has no sign.
-    Computed as the reverse-mode Jacobian of the Laplacian (the trace of the
-    forward-over-reverse Hessian), vectorised over the batch: a third derivative,
-    meant for small networks.
-
-    The model must act on each example separately and must not draw random
-    numbers (``eval()`` mode). Differentiable with respect to the parameters.
-    Args, returns and raises as :func:`input_hessian_norm`.
+    :math:`\tfrac12 \Delta \lVert J_F \rVert_F^2 = \lVert H_F \rVert_F^2 + \sum_k \nabla F_k
+    \cdot \nabla\Delta F_k`. Unlike :func:`input_hessian_norm` it has no sign. Computed
+    as the reverse-mode Jacobian of the Laplacian (the trace of the forward-over-reverse
+    Hessian), vmapped over the batch: a third derivative, for small networks.
+    Model, differentiability, args, returns and raises as :func:`input_hessian_norm`.
     """
     x = _check_model_and_input(model, x)
     one = _per_example(model, x)
 
     def laplacian(xb: Tensor) -> Tensor:
-        hessian = torch.func.jacfwd(torch.func.jacrev(one))(xb)  # (d_out, d_in, d_in)
+        hessian = _input_hessian(one)(xb)  # (d_out, d_in, d_in)
         return torch.diagonal(hessian, dim1=-2, dim2=-1).sum(-1)  # (d_out,)
 
     grad_laplacian = torch.func.vmap(torch.func.jacrev(laplacian))(x)  # (B, d_out, d_in)
@@ -339,12 +306,11 @@ def jacobian_laplacian_cross(model: Callable[[Tensor], Tensor], x: Tensor) -> Te
 def input_derivatives(fn: Callable[[Tensor], Tensor], x: Tensor, order: int) -> list[Tensor]:
     r"""Return :math:`[F, F', F'', \dots, F^{(\text{order})}]` at every point of a 1-D input.
 
-    For a function of one input variable applied row by row,
-    :math:`F : (N, 1) \to (N, 1)`, derivative :math:`k` is obtained by
-    differentiating the sum of derivative :math:`k-1` over the batch with respect
-    to the input (valid because row :math:`n`'s output depends on row :math:`n`
-    only), keeping the graph for the next order. Used for Bishop's expansion,
-    whose :math:`\sigma^{2k}` coefficients need :math:`F^{(2k)}`.
+    For :math:`F : (N, 1) \to (N, 1)` applied row by row, derivative :math:`k` is the
+    gradient of the batch sum of derivative :math:`k-1` with respect to the input (row
+    :math:`n`'s output depends on row :math:`n` only), keeping the graph for the next
+    order. Used for Bishop's expansion, whose :math:`\sigma^{2k}` coefficients need
+    :math:`F^{(2k)}` (lecture 01).
 
     Args:
         fn: maps inputs of shape :math:`(N, 1)` to outputs of shape :math:`(N, 1)`,
@@ -357,8 +323,8 @@ def input_derivatives(fn: Callable[[Tensor], Tensor], x: Tensor, order: int) -> 
 
     Raises:
         TypeError: if ``fn`` is not callable, ``x`` is not a tensor or ``order`` is not an int.
-        ValueError: if ``x`` is not of shape :math:`(N, 1)` or not finite, ``order`` is
-            negative, or ``fn``'s output is not of shape :math:`(N, 1)`.
+        ValueError: if ``x`` is not :math:`(N, 1)` or not finite, ``order`` is negative,
+            or ``fn``'s output is not :math:`(N, 1)`.
     """
     if not callable(fn):
         raise TypeError(f"fn must be callable (N, 1) -> (N, 1), got {type(fn).__name__}")
