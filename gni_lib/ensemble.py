@@ -76,11 +76,9 @@ class EnsembleResult:
 def supports_fast_path(model: nn.Module) -> bool:
     r"""True if ``model`` is a plain MLP (:func:`gni_lib.models.mlp_structure`) with its noise sites off.
 
-    Those are the models (for example every :func:`gni_lib.models.MLP` with
-    :math:`\sigma = 0`) that :func:`train_ensemble` runs through ``torch.baddbmm``
-    instead of ``vmap`` by default. With ``inject_noise`` given, :func:`train_ensemble`
-    also runs MLPs whose sites have :math:`\sigma > 0` on the fast path, when each
-    site feeds a linear layer.
+    :func:`train_ensemble` runs those through ``torch.baddbmm`` instead of ``vmap`` by
+    default, and, with ``inject_noise`` given, also MLPs with :math:`\sigma > 0` whose
+    sites each feed a linear layer.
     """
     return mlp_structure(model) is not None and all(site.sigma == 0.0 for site in noise_sites(model))
 
@@ -198,43 +196,32 @@ def _check_models(models: object, allow_noise: bool = False) -> list[nn.Module]:
     return models
 
 
-def _check_generators(generators: object, count: int, device: torch.device, name: str) -> list[torch.Generator]:
-    if not isinstance(generators, Sequence) or isinstance(generators, (str, bytes)):
-        raise TypeError(
-            f"{name} must be a sequence of {count} torch.Generators, got {type(generators).__name__}"
-        )
-    if len(generators) != count:
-        raise ValueError(f"{name} must have one generator per model ({count}), got {len(generators)}")
-    for m, g in enumerate(generators):
+def _check_generators(
+    value: object, count: int, name: str, device: torch.device | None = None, needed_when: str | None = None
+) -> list[torch.Generator] | None:
+    """``count`` torch.Generators, one per model; with ``device``, distinct and on it. ``None`` is
+    refused when ``needed_when`` (the condition, for the message) is given."""
+    if value is None:
+        if needed_when:
+            raise ValueError(
+                f"{name} must be given (one torch.Generator per model, e.g. "
+                f"gni_lib.spawn_generators(seed, {count})) when {needed_when}"
+            )
+        return None
+    if not isinstance(value, Sequence) or isinstance(value, (str, bytes)):
+        raise TypeError(f"{name} must be a sequence of {count} torch.Generators, got {type(value).__name__}")
+    if len(value) != count:
+        raise ValueError(f"{name} must have one generator per model ({count}), got {len(value)}")
+    for m, g in enumerate(value):
         if not isinstance(g, torch.Generator):
             raise TypeError(f"{name}[{m}] must be a torch.Generator, got {type(g).__name__}")
         try:
             check_generator(g, device)
         except ValueError as error:
             raise ValueError(f"{name}[{m}]: {error}") from None
-    if len({id(g) for g in generators}) != count:
+    if device is not None and len({id(g) for g in value}) != count:
         raise ValueError(f"{name} must be distinct objects, one per model")
-    return list(generators)
-
-
-def _batch_generators(batch_generator: object, count: int) -> torch.Generator | None | list[torch.Generator]:
-    """One generator (or ``None``): shared batches; a list of ``count``: one batch order per model."""
-    if batch_generator is None or isinstance(batch_generator, torch.Generator):
-        return batch_generator
-    if isinstance(batch_generator, Sequence) and not isinstance(batch_generator, (str, bytes)):
-        if len(batch_generator) != count:
-            raise ValueError(
-                f"batch_generator must be one generator (shared batches) or one per model "
-                f"({count}), got {len(batch_generator)}"
-            )
-        for m, g in enumerate(batch_generator):
-            if not isinstance(g, torch.Generator):
-                raise TypeError(f"batch_generator[{m}] must be a torch.Generator, got {type(g).__name__}")
-        return list(batch_generator)
-    raise TypeError(
-        f"batch_generator must be None, a torch.Generator or a sequence of them, "
-        f"got {type(batch_generator).__name__}"
-    )
+    return list(value)
 
 
 class _Method(NamedTuple):
@@ -259,13 +246,7 @@ def _check_method(
     if method in ("gd", "adam") and any(s > 0 for s in sigmas):
         raise ValueError(f"sigma must be 0 with method={method!r} (pick 'pgd', 'anti_pgd' or 'perturbed_gd')")
     noisy = method not in ("gd", "adam") and any(s > 0 for s in sigmas)
-    if generators is not None:
-        generators = _check_generators(generators, count, device, "generators")
-    elif noisy:
-        raise ValueError(
-            f"generators must be given (one torch.Generator per model, e.g. "
-            f"gni_lib.spawn_generators(seed, {count})) when sigma > 0"
-        )
+    generators = _check_generators(generators, count, "generators", device, "sigma > 0" if noisy else None)
     return _Method(method, lrs, sigmas, layerwise, generators, noisy)
 
 
@@ -290,15 +271,10 @@ def _check_sites(
     rows = sigmas.T.tolist()
     active = {k for k, row in enumerate(rows) if any(s > 0 for s in row)}
     noise_on = bool(inject_noise) and bool(active)
-    if site_generators is not None:
-        site_generators = _check_generators(site_generators, count, device, "site_generators")
-        if not inject_noise:
-            raise ValueError("site_generators is only used with inject_noise=True")
-    elif noise_on:
-        raise ValueError(
-            f"site_generators must be given (one torch.Generator per model, e.g. "
-            f"gni_lib.spawn_generators(seed, {count})) when inject_noise=True and a site has sigma > 0"
-        )
+    needed = "inject_noise=True and a site has sigma > 0" if noise_on else None
+    site_generators = _check_generators(site_generators, count, "site_generators", device, needed)
+    if site_generators is not None and not inject_noise:
+        raise ValueError("site_generators is only used with inject_noise=True")
     modes = [site.mode for site in noise_sites(models[0])]
     return _Sites(sigmas, rows, modes, active, noise_on, site_generators)
 
@@ -362,14 +338,9 @@ def _site_call_shapes(model: nn.Module, x: Tensor) -> list[tuple[int, tuple[int,
 
 
 class _Stack:
-    """The :math:`M` models as the rows of a flat :math:`(M, P)` tensor, and the routes
-    that evaluate the per-model objective, outputs and penalty at given rows.
-
-    All of a model's parameters live in one row, in parameter order: the layout of
-    the optimisers' noise buffer. Views of it feed the forward pass, the gradient
-    comes back as one :math:`(M, P)` tensor, and a step is one functional update on
-    the whole row, whatever the number of tensors.
-    """
+    """The :math:`M` models as the rows of a flat :math:`(M, P)` tensor (parameter order: the layout
+    of the optimisers' noise buffer, so a step is one update per row), and the routes that
+    evaluate each model's objective, gradient, outputs and penalty at given rows."""
 
     def __init__(
         self, models: list[nn.Module], x: Tensor, loss: str, use_fast: bool, sites: _Sites,
@@ -415,7 +386,10 @@ class _Stack:
 
     def perturb_site(self, k: int, h: Tensor) -> Tensor:
         """The fast path's noise site: h is (M, B, d); draws in forward order, as GaussianNoise does."""
-        noise = self.draw_site(k, tuple(h.shape[1:]))
+        return self.apply_site(k, h, self.draw_site(k, tuple(h.shape[1:])))
+
+    def apply_site(self, k: int, h: Tensor, noise: Tensor) -> Tensor:
+        """Site k's output: h + noise, or h (1 + noise) (multiplicative, eq. 6)."""
         return h + noise if self.sites.modes[k] == "additive" else h * (1.0 + noise)
 
     def single_objective(
@@ -426,7 +400,7 @@ class _Stack:
         params = self.unflatten(row)
 
         def replace(k: int, h: Tensor) -> Tensor:
-            return h + noise[k] if self.sites.modes[k] == "additive" else h * (1.0 + noise[k])
+            return self.apply_site(k, h, noise[k])
 
         with replace_site_outputs(self.skeleton, replace) if noise is not None else contextlib.nullcontext():
             out = functional_call(self.skeleton, (params, b), (xb,))
@@ -686,7 +660,9 @@ def train_ensemble(
     sites_matter = sites.noise_on or penalty_kind == "explicit_regularizer"
     use_fast = _check_fast_path(fast_path, models[0], sites_matter)
     full_batch = run.batch_size in (None, run.x.shape[0])
-    batch_generators = None if full_batch else _batch_generators(batch_generator, count)
+    batch_generators = batch_generator
+    if not full_batch and not (batch_generator is None or isinstance(batch_generator, torch.Generator)):
+        batch_generators = _check_generators(batch_generator, count, "batch_generator")  # an order per model
     # The library losses validate the targets once, on model 0's outputs (shapes,
     # dtypes, class range); the vectorised loss used below does no data-dependent checks.
     with torch.no_grad():
