@@ -178,12 +178,9 @@ def grid_1d(
 
 
 class SparseRegression(NamedTuple):
-    """A linear regression problem with a sparse truth: ``y = x @ beta_star + noise``.
+    """A regression problem with a sparse truth, ``y = x @ beta_star + noise``.
 
-    Attributes:
-        x: the design matrix, shape :math:`(n, d)`.
-        y: the responses, shape :math:`(n,)`.
-        beta_star: the sparse true coefficients, shape :math:`(d,)`.
+    Shapes: ``x`` :math:`(n, d)`, ``y`` :math:`(n,)`, ``beta_star`` :math:`(d,)`.
     """
 
     x: Tensor
@@ -192,14 +189,10 @@ class SparseRegression(NamedTuple):
 
 
 class SumOfSines(NamedTuple):
-    r"""Samples of :math:`f(x) = \sum_k A_k \sin(2\pi f_k x + \varphi_k)` on a grid.
+    r"""Samples ``y`` of :math:`f(x) = \sum_k A_k \sin(2\pi f_k x + \varphi_k)` on a grid ``x``.
 
-    Attributes:
-        x: the points, shape :math:`(N, 1)`.
-        y: :math:`f(x)`, shape :math:`(N, 1)`.
-        frequencies: :math:`f_k`, shape :math:`(K,)`.
-        phases: :math:`\varphi_k`, shape :math:`(K,)`.
-        amplitudes: :math:`A_k`, shape :math:`(K,)`.
+    Shapes: ``x``, ``y`` :math:`(N, 1)`; ``frequencies`` (:math:`f_k`), ``phases``
+    (:math:`\varphi_k`), ``amplitudes`` (:math:`A_k`) :math:`(K,)`.
     """
 
     x: Tensor
@@ -553,9 +546,12 @@ def _check_split_args(test_fraction: object, seed: object, dtype: object) -> tup
     return test_fraction, dtype
 
 
-def _split_and_standardise(x: Tensor, y: Tensor, test_fraction: float, seed: int, dtype: torch.dtype,
-                           device: object, *, standardise_y: bool = False) -> Split:
-    """The recipe of every bundled set: a seeded permutation, then the training set's mean and std."""
+def _split_and_standardise(x: object, y: object, test_fraction: float, seed: int, dtype: torch.dtype,
+                           device: object, *, regression: bool = False) -> Split:
+    """The recipe of every bundled set: a seeded permutation, then the training set's mean and std
+    (of ``y`` too, a column, if ``regression``; else ``y`` holds int64 labels)."""
+    x = torch.as_tensor(x, dtype=torch.float64)
+    y = torch.as_tensor(y, dtype=torch.float64).unsqueeze(1) if regression else torch.as_tensor(y, dtype=torch.int64)
     n = x.shape[0]
     n_test = max(1, min(n - 2, round(test_fraction * n)))
     order = torch.randperm(n, generator=make_generator(seed, device="cpu"))
@@ -564,7 +560,7 @@ def _split_and_standardise(x: Tensor, y: Tensor, test_fraction: float, seed: int
     std = x[train].std(dim=0, correction=0)
     std = torch.where(std > 0, std, torch.ones_like(std))  # constant pixels stay 0
     y_train, y_test = y[train], y[test]
-    if standardise_y:
+    if regression:
         y_mean, y_std = y_train.mean(), y_train.std(correction=0)
         y_train, y_test = (y_train - y_mean) / y_std, (y_test - y_mean) / y_std
     return Split(*_place(((x[train] - mean) / std, y_train, (x[test] - mean) / std, y_test), dtype, device))
@@ -606,9 +602,7 @@ def load_digits_split(
 
     test_fraction, dtype = _check_split_args(test_fraction, seed, dtype)
     data = load_digits()
-    x = torch.as_tensor(data.data, dtype=torch.float64)
-    y = torch.as_tensor(data.target, dtype=torch.int64)
-    return _split_and_standardise(x, y, test_fraction, seed, dtype, device)
+    return _split_and_standardise(data.data, data.target, test_fraction, seed, dtype, device)
 
 
 def load_diabetes_split(
@@ -639,9 +633,7 @@ def load_diabetes_split(
 
     test_fraction, dtype = _check_split_args(test_fraction, seed, dtype)
     data = load_diabetes(scaled=False)
-    x = torch.as_tensor(data.data, dtype=torch.float64)
-    y = torch.as_tensor(data.target, dtype=torch.float64).unsqueeze(1)
-    return _split_and_standardise(x, y, test_fraction, seed, dtype, device, standardise_y=True)
+    return _split_and_standardise(data.data, data.target, test_fraction, seed, dtype, device, regression=True)
 
 
 def load_mnist1d_split(
@@ -691,6 +683,4 @@ def load_mnist1d_split(
     finally:
         random.setstate(states[0])
         np.random.set_state(states[1])
-    x = torch.as_tensor(data["x"], dtype=torch.float64)
-    y = torch.as_tensor(data["y"], dtype=torch.int64)
-    return _split_and_standardise(x, y, test_fraction, seed, dtype, device)
+    return _split_and_standardise(data["x"], data["y"], test_fraction, seed, dtype, device)
