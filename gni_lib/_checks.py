@@ -61,15 +61,8 @@ def check_choice(value: object, name: str, choices: tuple[str, ...]) -> str:
 
 
 def check_generator(generator: object, device: object = None) -> object:
-    """Raise a clear error unless ``generator`` is ``None`` or a generator on ``device``.
-
-    Args:
-        generator: a :class:`torch.Generator`, or ``None`` for torch's global one.
-        device: the device the noise is for (a :class:`torch.device` or a string);
-            ``None`` skips the device check.
-
-    Returns:
-        ``generator``, unchanged.
+    """Return ``generator`` unchanged if it is ``None`` (torch's global generator) or a
+    :class:`torch.Generator` on the device type of ``device`` (``None``: any device).
 
     Raises:
         TypeError: if ``generator`` is not a :class:`torch.Generator`.
