@@ -26,9 +26,6 @@ def get_device() -> torch.device:
     variable ``GNI_DEVICE`` overrides the choice; it accepts ``cpu``, ``cuda``
     or ``cuda:N``.
 
-    Returns:
-        torch.device: the chosen device.
-
     Raises:
         ValueError: if ``GNI_DEVICE`` is set to anything else, or asks for a
             CUDA device that this machine does not have.
