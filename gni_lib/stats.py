@@ -167,7 +167,7 @@ def ratio_interval(
     k = min(a.size, b.size)
     t = float(_scipy_stats.t.ppf(0.5 + level / 2, k - 1))
     v_a, v_b = a.var(ddof=1) / a.size, b.var(ddof=1) / b.size
-    c = k * np.cov(a[:k], b[:k], ddof=1)[0, 1] / (a.size * b.size) if k > 1 else 0.0
+    c = k * np.cov(a[:k], b[:k], ddof=1)[0, 1] / (a.size * b.size)
     quad = b.mean() ** 2 - t**2 * v_b  # (quad) rho^2 + (lin) rho + const <= 0
     lin = -2 * (a.mean() * b.mean() - t**2 * c)
     const = a.mean() ** 2 - t**2 * v_a
