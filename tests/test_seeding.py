@@ -60,9 +60,10 @@ def test_spawned_seeds_do_not_collide_across_parents(a: int, b: int, n: int) -> 
 
 
 def test_spawn_count_errors() -> None:
-    with pytest.raises(ValueError, match="count"):
-        spawn_generators(0, 0, "cpu")
-    with pytest.raises(TypeError, match="count"):
+    for count in (0, -1):  # the message asks for what is needed (>= 1), not "non-negative"
+        with pytest.raises(ValueError, match="count must be a positive int"):
+            spawn_generators(0, count, "cpu")
+    with pytest.raises(TypeError, match="count must be a positive int"):
         spawn_generators(0, 2.0, "cpu")  # type: ignore[arg-type]
 
 
