@@ -1,37 +1,25 @@
 r"""Layer Jacobians: how the network output responds to a perturbation at each noise site.
 
-For a network with noise sites :math:`k = 0, \dots, L-1` (the
-:class:`gni_lib.noise.GaussianNoise` modules, in :func:`gni_lib.noise.noise_sites`
-order) and output :math:`h_L \in \mathbb R^{d_L}`, the Jacobian of site
-:math:`k` is
+For noise sites :math:`k = 0, \dots, L-1` (:class:`gni_lib.noise.GaussianNoise`, in
+:func:`gni_lib.noise.noise_sites` order) and output :math:`h_L \in \mathbb R^{d_L}`,
 
 .. math::
 
     J_k(x) = \frac{\partial h_L}{\partial h_k}(x) \in \mathbb R^{d_L \times d_k},
 
-evaluated at the clean forward pass (all noise off), with :math:`h_k` the
-activation entering site :math:`k`. This is the :math:`J_k` of Camuto et al.
-(2020), Thm. 1: to first order, noise :math:`\varepsilon_k` at site :math:`k`
-moves the output by :math:`J_k \varepsilon_k`, so the explicit regulariser
-(:mod:`gni_lib.regularisers`) is built from these matrices.
+at the clean forward pass, :math:`h_k` the activation entering site :math:`k`: to
+first order, noise :math:`\varepsilon_k` moves the output by :math:`J_k \varepsilon_k`
+(Camuto et al. 2020, Thm. 1), which gives the explicit regulariser (:mod:`gni_lib.regularisers`).
 
-**How they are computed.** One clean forward pass, then the vector-Jacobian
-products (VJPs) of cotangent rows :math:`C` on the output (:math:`C = I`: the
-:math:`d_L` basis vectors) at every site together: example :math:`b`'s output
-depends only on example :math:`b`'s activations, so the cotangent :math:`e_i` on
-every example at once gives row :math:`i` of every example's :math:`J_k`. No
-loop over examples or sites. :func:`site_products` takes the parameters as an
-argument and composes with :func:`torch.func.vmap` over stacked models.
-
-- A plain MLP (:func:`gni_lib.models.mlp_structure`): the backward recursion
-  :math:`G_{m-1} = (G_m \odot \phi_m'(z_m)) W_m` of :func:`gni_lib.models.mlp_backward`,
-  one matrix product per layer, without autograd's per-call overhead.
-- Any other module: a zero perturbation :math:`\delta_k` is added at every site
-  (:func:`gni_lib.noise.replace_site_outputs`), and
-  :math:`C J_k = C\, \partial h_L / \partial \delta_k` comes from
-  :func:`torch.func.vjp`, vectorised over the rows of :math:`C` with :func:`torch.func.vmap`.
-
-Both are differentiable with respect to the parameters with ordinary autograd.
+**How.** One clean pass, then vector-Jacobian products of cotangent rows :math:`C` on
+the output at every site together: example :math:`b`'s output depends only on its
+own activations, so the cotangent :math:`e_i` on every example gives row :math:`i` of
+every example's :math:`J_k`. A plain MLP (:func:`gni_lib.models.mlp_structure`) uses
+the backward recursion of :func:`gni_lib.models.mlp_backward`, one matrix product
+per layer; any other module adds a zero perturbation :math:`\delta_k` at every site
+(:func:`gni_lib.noise.replace_site_outputs`) and takes
+:math:`C\, \partial h_L / \partial \delta_k` from :func:`torch.func.vjp`, vmapped over
+the rows of :math:`C`. Both are differentiable in the parameters.
 """
 
 from __future__ import annotations
@@ -133,8 +121,7 @@ def site_pass(
     """The clean pass without a graph, checked: the output and the activations entering the sites.
 
     Raises:
-        ValueError: if ``x`` does not fit the model, the output is not (B, d_L), or a
-            site is not used exactly once or does not see a batch-first activation.
+        ValueError: as :func:`site_products`.
     """
     activations: list[Tensor] = []
 
@@ -190,14 +177,12 @@ def site_products(
 
         P_k[b] = C_b\, J_k(x_b), \qquad J_k = \frac{\partial h_L}{\partial h_k},
 
-    with the cotangent rows :math:`C = ` ``rows(output)`` (a function of the clean
-    output, such as the root of the loss Hessian; the identity gives the
-    :math:`J_k`). The MLP route when :func:`gni_lib.models.mlp_structure` applies
-    and every site feeds a linear layer, else the generic route (see the module
-    docstring). ``params`` (names as in ``model.named_parameters()``) replace the
-    model's parameters, as in :func:`torch.func.functional_call`; ``None`` uses
-    them. No data-dependent checks, so it composes with :func:`torch.func.vmap`
-    over stacked ``params``; differentiable with autograd.
+    with the cotangent rows :math:`C` = ``rows(output)``, a function of the clean output
+    (the identity gives the :math:`J_k`; the root of the loss Hessian gives :math:`R`).
+    The MLP route when every site feeds a linear layer of a plain MLP, else the generic
+    one (module docstring). ``params`` replace the model's parameters, as in
+    :func:`torch.func.functional_call` (``None``: its own). No data-dependent checks, so
+    it composes with :func:`torch.func.vmap` over stacked ``params``.
 
     Shapes:
         ``x`` :math:`(B, \dots)`; returns ``(output, activations, products)``:
@@ -222,24 +207,20 @@ def layer_jacobians(model: nn.Module, x: Tensor) -> list[Tensor]:
         J_k[b, i, a] = \frac{\partial h_{L,i}(x_b)}{\partial h_{k,a}(x_b)},
         \qquad k = 0, \dots, L-1,
 
-    evaluated at the clean forward pass (every noise site off), one per
-    :class:`gni_lib.noise.GaussianNoise` site in :func:`gni_lib.noise.noise_sites`
-    order (Camuto et al. 2020, Thm. 1). For an :func:`gni_lib.models.MLP` with
-    widths :math:`[d_0, \dots, d_L]`, :math:`J_0` is the input-output Jacobian and
-    :math:`J_k` the Jacobian with respect to the :math:`k`-th hidden activation.
+    at the clean forward pass, one per :class:`gni_lib.noise.GaussianNoise` site in
+    :func:`gni_lib.noise.noise_sites` order (Camuto et al. 2020, Thm. 1). For an
+    :func:`gni_lib.models.MLP`, :math:`J_0` is the input-output Jacobian and :math:`J_k`
+    the Jacobian with respect to the :math:`k`-th hidden activation.
 
-    Any module works whose noise sites are ``GaussianNoise`` modules used once
-    each in the forward pass, whose output is :math:`(B, d_L)`, and whose
-    examples do not interact (no batch normalisation in training mode). A site
-    that sees an activation of shape :math:`(B, *s)` gets :math:`d_k = \prod s`
-    (the activation is flattened). Modules other than the sites run in their
-    current mode: call ``model.eval()`` first if it has dropout.
+    Any module works whose sites are used once each in the forward pass, whose output
+    is :math:`(B, d_L)` and whose examples do not interact (no batch normalisation in
+    training mode); a site that sees :math:`(B, *s)` gets :math:`d_k = \prod s`. Other
+    modules run in their current mode (``model.eval()`` first if it has dropout).
 
-    Cost: one forward pass and one batched set of :math:`d_L` vector-Jacobian
-    products (no loop over examples or sites); a model that is not a plain MLP
-    first runs once more without a graph, to check it and find the sites' shapes. The result is differentiable with
-    respect to the parameters when autograd is on; under :func:`torch.no_grad`
-    it is computed without a graph.
+    Cost: one forward pass and one batched set of :math:`d_L` vector-Jacobian products;
+    a model that is not a plain MLP first runs once more without a graph, for checks
+    and the sites' shapes. Differentiable with respect to the parameters when autograd
+    is on.
 
     Args:
         model: an ``nn.Module`` with at least one noise site.
@@ -252,10 +233,8 @@ def layer_jacobians(model: nn.Module, x: Tensor) -> list[Tensor]:
 
     Raises:
         TypeError: if ``model`` is not an ``nn.Module`` or ``x`` not a tensor.
-        ValueError: if ``model`` has no noise sites, or one is not used exactly
-            once; ``x`` is not a finite floating tensor of shape (B, ...) or does
-            not fit the model (shape, dtype or device); or the output is not
-            (B, d_L).
+        ValueError: for a model with no noise site or one not used exactly once, bad
+            ``x`` or ``x`` that does not fit the model, or an output not (B, d_L).
     """
     check_model(model)
     _, _, jacobians = site_products(model, None, check_input(x))

@@ -1,6 +1,6 @@
 r"""The book's networks: multilayer perceptrons with a noise site before every layer.
 
-For widths :math:`[d_0, \dots, d_L]`, :func:`MLP` builds the map
+For widths :math:`[d_0, \dots, d_L]`, :func:`MLP` builds
 
 .. math::
 
@@ -8,22 +8,17 @@ For widths :math:`[d_0, \dots, d_L]`, :func:`MLP` builds the map
     h_{k+1} = \phi\bigl(W_{k+1} \tilde h_k + b_{k+1}\bigr) \ (k < L-1), \qquad
     h_L = W_L \tilde h_{L-1} + b_L,
 
-where :math:`\tilde h_k` is :math:`h_k` after the noise site :math:`k`
-(:class:`gni_lib.noise.GaussianNoise`, standard deviation :math:`\sigma_k`).
-This is the setting of Camuto et al. (2020), Sec. 2: Gaussian noise is added to
-the input and to every hidden activation, and the output layer is linear with no
-noise after it.
+with :math:`\tilde h_k` the output of noise site :math:`k`
+(:class:`gni_lib.noise.GaussianNoise`, standard deviation :math:`\sigma_k`): noise on
+the input and every hidden activation, a linear output layer (Camuto et al. 2020, Sec. 2).
 
-**The MLP core.** The routes that need the layers of a plain MLP (layer
-Jacobians, the explicit regulariser, the Hessian trace, the ensemble) read them
-from here, on tensors: :func:`mlp_structure` recognises a plain MLP,
-:func:`mlp_forward` runs its clean pass and returns, per linear layer :math:`m`,
-its input :math:`a_{m-1}`, :math:`\phi_m'(z_m)` and, if asked, :math:`\phi_m''(z_m)`
-(:math:`z_m = W_m a_{m-1} + b_m`), and :func:`mlp_backward` runs the backward
-recursion :math:`G_{m-1} = (G_m \odot \phi_m'(z_m)) W_m`. They take the weights
-from a ``params`` mapping (names as in ``model.named_parameters()``), so they
-compose with :func:`torch.func.vmap` over a stacked-parameter axis
-(:func:`torch.func.stack_module_state`) and with autograd.
+**The MLP core**, on tensors, for every route that needs the layers (layer
+Jacobians, :math:`R`, the Hessian trace, the ensemble): :func:`mlp_structure`
+recognises a plain MLP, :func:`mlp_forward` runs its clean pass with
+:math:`\phi'` (and :math:`\phi''`), :func:`mlp_backward` the backward recursion.
+They take the weights from a ``params`` mapping (names as in
+``model.named_parameters()``), so they compose with :func:`torch.func.vmap` over
+stacked parameters (:func:`torch.func.stack_module_state`) and with autograd.
 """
 
 from __future__ import annotations
@@ -36,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ._checks import check_choice
 from .noise import GaussianNoise, sigma_list
 
 __all__ = [
@@ -84,39 +80,32 @@ def MLP(
 ) -> nn.Sequential:
     r"""Return a multilayer perceptron with a Gaussian noise site before every layer.
 
-    For ``widths`` :math:`= [d_0, \dots, d_L]` the children of the returned
-    :class:`torch.nn.Sequential` are, in order,
+    For ``widths`` :math:`= [d_0, \dots, d_L]` the :math:`3L - 1` children of the
+    :class:`torch.nn.Sequential` are
 
-    ``GaussianNoise, Linear, act, GaussianNoise, Linear, act, ..., GaussianNoise, Linear``
+    ``GaussianNoise, Linear, act, GaussianNoise, Linear, act, ..., GaussianNoise, Linear``:
 
-    that is :math:`3L - 1` children: site :math:`k` (child :math:`3k`) perturbs
-    :math:`h_k` for :math:`k = 0, \dots, L-1`, linear layer :math:`k+1` is child
-    :math:`3k + 1`, and its activation child :math:`3k + 2` (none after the last
-    layer). In training mode site :math:`k` computes
-    :math:`\tilde h_k = h_k + \sigma_k \varepsilon_k` (or
-    :math:`h_k \odot (1 + \sigma_k \varepsilon_k)`, Camuto et al. 2020, eq. 6);
-    in ``eval()`` mode every site is the identity and the model is the clean
-    network.
+    site :math:`k` (child :math:`3k`) perturbs :math:`h_k`, linear layer :math:`k+1` is
+    child :math:`3k + 1` and its activation child :math:`3k + 2`. In training mode site
+    :math:`k` computes :math:`h_k + \sigma_k \varepsilon_k` (or
+    :math:`h_k \odot (1 + \sigma_k \varepsilon_k)`, Camuto et al. 2020, eq. 6); in
+    ``eval()`` mode the sites are the identity (the clean network).
 
-    Parameters get PyTorch's default initialisation. With ``seed`` given they are
-    drawn from a CPU stream seeded with it, and torch's global generator is left
-    untouched, so the same seed gives the same initial weights on every device;
-    without it they come from the global generator. A chapter passes its seeds
-    through :func:`gni_lib.seeding.stream_seed`, so that ``GNI_SEED`` moves them.
-    The model is built on the CPU in float32; move it with ``.to(device, dtype)``.
+    Parameters get PyTorch's default initialisation, from the global generator, or
+    with ``seed`` from a CPU stream seeded with it (the global generator untouched):
+    the same seed gives the same weights on every device. Chapters pass seeds through
+    :func:`gni_lib.seeding.stream_seed`, so that ``GNI_SEED`` moves them. Built on the
+    CPU in float32; move it with ``.to(device, dtype)``.
 
     Args:
-        widths: :math:`[d_0, \dots, d_L]`, at least two positive ints;
-            :math:`d_0` is the input and :math:`d_L` the output dimension.
+        widths: :math:`[d_0, \dots, d_L]`, at least two positive ints.
         activation: ``"tanh"``, ``"relu"``, ``"elu"`` or ``"linear"`` (identity).
-        sigma: the noise standard deviation (not variance): one value for all
-            :math:`L` sites, or a sequence :math:`[\sigma_0, \dots, \sigma_{L-1}]`.
+        sigma: the noise standard deviation (not variance): one for all :math:`L`
+            sites, or :math:`[\sigma_0, \dots, \sigma_{L-1}]`.
         bias: whether the linear layers have biases.
         mode: ``"additive"`` or ``"multiplicative"``, for every site.
-        generator: shared by all sites; the sites draw from it in forward order.
-            ``None`` uses torch's global generator.
-        seed: a non-negative int that fixes the initial weights, or ``None``
-            (the global generator's next draws).
+        generator: shared by all sites, drawn in forward order; ``None``: torch's global one.
+        seed: a non-negative int that fixes the initial weights, or ``None``.
 
     Shapes:
         input :math:`(B, d_0)`, output :math:`(B, d_L)`.
@@ -125,16 +114,13 @@ def MLP(
         nn.Sequential: the network, in training mode (noise on).
 
     Raises:
-        ValueError: if ``widths`` is not a sequence of at least two positive ints,
-            ``activation`` or ``mode`` is unknown, a :math:`\sigma_k` is negative or
-            not finite, or a ``sigma`` sequence does not have :math:`L` entries.
+        ValueError: for bad ``widths``, an unknown ``activation`` or ``mode``, a negative
+            or non-finite :math:`\sigma_k`, a ``sigma`` sequence not of length :math:`L`,
+            or a negative ``seed``.
         TypeError: if ``sigma``, ``bias``, ``generator`` or ``seed`` has the wrong type.
     """
     widths = _check_widths(widths)
-    if not isinstance(activation, str) or activation not in ACTIVATIONS:
-        raise ValueError(
-            f"activation must be one of {tuple(ACTIVATIONS)}, got {activation!r}"
-        )
+    check_choice(activation, "activation", tuple(ACTIVATIONS))
     if not isinstance(bias, bool):
         raise TypeError(f"bias must be a bool, got {type(bias).__name__}")
     n_layers = len(widths) - 1
@@ -249,10 +235,9 @@ def elementwise(
 
         (f \circ g)' = f'(g)\, g', \qquad (f \circ g)'' = f''(g)\, g'^2 + f'(g)\, g''.
 
-    Closed forms for tanh, sigmoid, ReLU, leaky ReLU and ELU; any other module
-    by forward-mode autograd (:func:`torch.func.jvp` with a tangent of ones), so
-    that the result composes with :func:`torch.func.vmap` and is differentiable
-    in ``z`` with ordinary autograd.
+    Closed forms for tanh, sigmoid, ReLU, leaky ReLU and ELU; any other module by
+    forward-mode autograd (:func:`torch.func.jvp` with a tangent of ones), so the result
+    composes with :func:`torch.func.vmap` and is differentiable in ``z``.
 
     Shapes:
         ``z`` any shape; every result has ``z``'s shape.
@@ -324,10 +309,10 @@ def mlp_forward(
 
         a_0 = \text{prefix}(x), \qquad z_m = W_m a_{m-1} + b_m, \qquad a_m = \phi_m(z_m),
 
-    for :math:`m = 1, \dots, M` (0-based ``m`` in the lists). The weights come from
-    ``params`` (keys ``MLPStructure.names``) or, if ``None``, from the modules.
-    Pure tensor code: under :func:`torch.func.vmap` over stacked ``params`` it
-    runs every model at once; differentiable with autograd.
+    for :math:`m = 1, \dots, M` (0-based in the lists), the weights from ``params``
+    (keys ``MLPStructure.names``) or, if ``None``, from the modules. Pure tensor code:
+    differentiable, and under :func:`torch.func.vmap` over stacked ``params`` it runs
+    every model at once.
 
     Shapes:
         ``x`` :math:`(B, d_0)`; see :class:`MLPPass`.
@@ -356,10 +341,9 @@ def mlp_backward(
 
         G_M = g, \qquad G_{m-1} = \bigl(G_m \odot \phi_m'(z_m)\bigr) W_m,
 
-    so that for cotangent rows :math:`g = C` on the output, :math:`G_{m-1} = C\,
-    \partial a_M / \partial a_{m-1}`: for :math:`C = I` the Jacobians of the
-    output with respect to every layer's input (:mod:`gni_lib.jacobians`). One
-    matrix product per layer, no autograd; composes with :func:`torch.func.vmap`.
+    so that for cotangent rows :math:`g = C` on the output :math:`G_{m-1} = C\,
+    \partial a_M / \partial a_{m-1}` (:math:`C = I`: the Jacobians of :mod:`gni_lib.jacobians`).
+    One matrix product per layer, no autograd; composes with :func:`torch.func.vmap`.
 
     Args:
         weights: :math:`W_m`, shape :math:`(d_m, d_{m-1})`, for each linear layer.
@@ -369,8 +353,7 @@ def mlp_backward(
 
     Returns:
         list: entry ``m`` is :math:`G_{m-1}`, shape :math:`(B, c, d_{m-1})`, for
-        ``m >= stop``; ``None`` below. The cotangent of :math:`z_m` is
-        :math:`G_m \odot \phi_m'` (with :math:`G_M = g`).
+        ``m >= stop``; ``None`` below.
     """
     grads: list[Tensor | None] = [None] * len(weights)
     for m in range(len(weights) - 1, stop - 1, -1):
