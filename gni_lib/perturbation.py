@@ -27,8 +27,8 @@ import torch
 from torch import Tensor
 
 from ._checks import check_dtype, check_int, check_real, check_tensor
-from .proximal import _check_groups, group_index
 from .noise import standard_noise
+from .proximal import _check_groups, group_index
 from .seeding import check_generator, make_generator
 from .stats import mean_and_se
 
@@ -57,13 +57,10 @@ def orthonormal_design(
     r"""A centred design matrix with :math:`X_g^\top X_g / n = I` for every group (or for all of :math:`X`).
 
     A CPU generator seeded with ``seed`` draws :math:`Z \in \mathbb R^{n \times d}`,
-    :math:`\mathcal N(0, 1)` in float64; each block of columns is centred and
-    replaced by :math:`\sqrt n\, Q_g` from the thin QR decomposition of the block
-    (signs fixed so that :math:`\operatorname{diag} R_g > 0`). With
-    ``group_sizes=None`` the whole matrix is one block (whitened inputs, as the
-    nuclear-norm result needs); with groups, columns of different groups stay
-    correlated, and only the within-group Gram blocks are the identity (what the
-    group-lasso result needs).
+    :math:`\mathcal N(0, 1)` in float64; each block of columns is centred and replaced by
+    :math:`\sqrt n\, Q_g` from its thin QR decomposition (:math:`\operatorname{diag} R_g > 0`).
+    ``group_sizes=None`` whitens the whole matrix (the nuclear-norm result); with groups,
+    only the within-group Gram blocks are the identity (the group-lasso result).
 
     Args:
         n: rows, more than the largest block (the centred columns must have full rank).
@@ -96,19 +93,6 @@ def orthonormal_design(
 # --- group diagonal network --------------------------------------------------------------------
 
 
-def _group_args(u: object, v: object, x: object, group_sizes: object) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """The checked tensors and the group of each coordinate (:func:`gni_lib.proximal.group_index`)."""
-    u = check_tensor(u, "u", ndim=1, finite=False)
-    v = check_tensor(v, "v", ndim=1, finite=False)
-    x = check_tensor(x, "x", ndim=2, finite=False)
-    sizes = _check_groups(group_sizes, u.shape[0])
-    if v.shape != (len(sizes),):
-        raise ValueError(f"v must have one entry per group, shape ({len(sizes)},), got {tuple(v.shape)}")
-    if x.shape[1] != u.shape[0]:
-        raise ValueError(f"x must have shape (n, {u.shape[0]}), got {tuple(x.shape)}")
-    return u, v, x, group_index(sizes, v.device)
-
-
 def group_network_hessian_trace(u: Tensor, v: Tensor, x: Tensor, group_sizes: Sequence[int]) -> Tensor:
     r"""The Hessian trace of least squares for the group diagonal network :math:`\beta_g = v_g u_g`.
 
@@ -132,7 +116,15 @@ def group_network_hessian_trace(u: Tensor, v: Tensor, x: Tensor, group_sizes: Se
         TypeError, ValueError: on non-tensors, non-floating tensors, mismatched shapes,
             or group sizes that do not add up to :math:`d`.
     """
-    u, v, x, index = _group_args(u, v, x, group_sizes)
+    u = check_tensor(u, "u", ndim=1, finite=False)
+    v = check_tensor(v, "v", ndim=1, finite=False)
+    x = check_tensor(x, "x", ndim=2, finite=False)
+    sizes = _check_groups(group_sizes, u.shape[0])
+    if v.shape != (len(sizes),):
+        raise ValueError(f"v must have one entry per group, shape ({len(sizes)},), got {tuple(v.shape)}")
+    if x.shape[1] != u.shape[0]:
+        raise ValueError(f"x must have shape (n, {u.shape[0]}), got {tuple(x.shape)}")
+    index = group_index(sizes, v.device)
     gram = x.T @ x / x.shape[0]
     from_u = (torch.diagonal(gram) * v[index].pow(2)).sum()
     from_v = u @ (gram * (index[:, None] == index[None, :])) @ u  # the diagonal blocks G_gg only
@@ -212,9 +204,8 @@ def balanced_factors(
         W_1 = a^{-1} Q S^{1/2} V^\top, \qquad W_2 = a\, U S^{1/2} Q^\top ,
 
     so that :math:`d \lVert W_2 \rVert_F^2 = k \lVert W_1 \rVert_F^2 = \sqrt{dk}\,
-    \lVert B \rVert_*`, the lower bound. :math:`Q` spreads the factorisation over all
-    :math:`m` hidden units; it is drawn as the Q factor of an :math:`m \times r`
-    Gaussian matrix from ``generator``.
+    \lVert B \rVert_*`, the lower bound. :math:`Q`, the Q factor of an :math:`m \times r`
+    Gaussian matrix from ``generator``, spreads the factorisation over all :math:`m` hidden units.
 
     Shapes:
         ``b`` :math:`(k, d)`; returns ``w1`` :math:`(m, d)` and ``w2`` :math:`(k, m)`.
@@ -240,13 +231,8 @@ def balanced_factors(
 
 
 def _sample_total_variance(
-    grad_fn: Callable[[dict[str, Tensor]], dict[str, Tensor]],
-    params: Mapping[str, Tensor],
-    keys: list[str],
-    sigma: float,
-    samples: int,
-    chunk: int,
-    generator: torch.Generator | None,
+    grad_fn: Callable, params: Mapping[str, Tensor], keys: list[str], sigma: float, samples: int,
+    chunk: int, generator: torch.Generator | None,
 ) -> tuple[float, float]:
     """Total variance of the flattened gradient over `samples` draws perturbing `keys`, and its SE."""
     grads = []
@@ -281,35 +267,28 @@ def perturbed_gradient_variance(
 ) -> tuple[float, float]:
     r"""Monte Carlo estimate of the total variance of the perturbed gradient, with its standard error.
 
-    All tensors at once (``layerwise=False``, Orvieto et al. 2023, perturbed GD):
+    All tensors at once (``layerwise=False``, perturbed GD of Orvieto et al. 2023), or one
+    tensor at a time (``layerwise=True``, the cyclic scheme of :class:`gni_lib.optim.PerturbedGD`,
+    one step's variance averaged over a cycle of :math:`G` tensors):
 
     .. math::
 
         V_\text{all} = \operatorname{Tr} \operatorname{Cov}_\xi \big[\nabla L(w + \xi)\big],
-        \qquad \xi \sim \mathcal N(0, \sigma^2 I_P).
-
-    One tensor at a time (``layerwise=True``, the cyclic scheme of
-    :class:`gni_lib.optim.PerturbedGD`), the variance of one step averaged over a cycle:
-
-    .. math::
-
+        \qquad
         V_\text{layer} = \frac1G \sum_{t=1}^{G} \operatorname{Tr} \operatorname{Cov}_{\xi_t}
-            \big[\nabla L(w + \xi_t)\big], \qquad \xi_t \text{ non-zero only on tensor } t .
+            \big[\nabla L(w + \xi_t)\big],
 
-    The gradient is over *all* parameters in both cases. Each trace is estimated
-    from ``samples`` draws as :math:`\frac{1}{S-1}\sum_s \lVert g_s - \bar g \rVert^2`,
-    whose standard error is that of the mean of the per-draw terms (the error of
-    :math:`\bar g` is :math:`O(1/S)` and is ignored). For ``layerwise=True`` the
-    :math:`G` independent estimates are averaged and their standard errors added in
-    quadrature, divided by :math:`G`.
+    :math:`\xi \sim \mathcal N(0, \sigma^2 I_P)`, :math:`\xi_t` the same on tensor :math:`t` and
+    zero elsewhere; the gradient is over *all* parameters. Each trace is estimated from
+    :math:`S` draws as :math:`\frac{1}{S-1}\sum_s \lVert g_s - \bar g \rVert^2`, with the standard
+    error of the mean of the per-draw terms (the :math:`O(1/S)` error of :math:`\bar g` is
+    ignored); the :math:`G` layer-wise estimates are averaged, their errors added in quadrature.
 
     Args:
-        loss_fn: maps a dict of tensors (shaped like ``params``) to a scalar loss;
-            it is differentiated with :func:`torch.func.grad` and batched with
-            :func:`torch.func.vmap`, so it must be a pure tensor function.
+        loss_fn: maps a dict of tensors shaped like ``params`` to a scalar loss; a pure tensor
+            function (it goes through :func:`torch.func.grad` and :func:`torch.func.vmap`).
         params: the point :math:`w`, tensors by name, all on one device.
         sigma: :math:`\sigma \ge 0`, a standard deviation per coordinate.
-        layerwise: as above.
         samples: :math:`S \ge 2` draws per estimate.
         chunk: draws evaluated at once (memory: ``chunk`` copies of the parameters).
         generator: the source of :math:`\xi`, on the parameters' device.
