@@ -1,28 +1,19 @@
 r"""Calibration and classification margins of a softmax classifier (Camuto et al. 2020, Sec. 4).
 
-The measurements behind the claim that Gaussian noise injections give larger margins and
-better calibration, as pure functions of the logits :math:`z = h_L(x)` and, for input-space
-margins, of the input Jacobian :math:`J_0 = \partial z / \partial x`
-(``gni_lib.jacobians.layer_jacobians(model, x)[0]``). With confidence
-:math:`\hat p = \max_i \operatorname{softmax}(z)_i`, prediction :math:`\hat y = \arg\max_i z_i`
-and :math:`M` right-closed equal-width confidence bins :math:`B_b`, the expected calibration
-error (Naeini et al. 2015; Guo et al. 2017, eq. 3; derived in lecture 10,
-book/10-calibration.md) is
+The measurements behind the claim that Gaussian noise injections give better calibration and
+larger margins, as pure functions of the logits :math:`z = h_L(x)` and, for input-space margins,
+of the input Jacobian :math:`J_0 = \partial z / \partial x`
+(``gni_lib.jacobians.layer_jacobians(model, x)[0]``). The key measure is the expected
+calibration error over :math:`M` equal-width bins :math:`B_b` of the confidence
+:math:`\hat p = \max_i \operatorname{softmax}(z)_i` (Guo et al. 2017, eq. 3; lecture 10,
+book/10-calibration.md),
 
 .. math::
 
     \operatorname{ECE} = \sum_{b=1}^{M} \frac{\lvert B_b\rvert}{n}
-        \bigl\lvert \operatorname{acc}(B_b) - \operatorname{conf}(B_b) \bigr\rvert .
+        \bigl\lvert \operatorname{acc}(B_b) - \operatorname{conf}(B_b) \bigr\rvert ;
 
-The logit margin is :math:`m = z_y - \max_{j \ne y} z_j`; two first-order estimates of the
-input-space margin of Sokolić et al. (2017) (Camuto et al., App. D; lecture 11,
-book/11-margins.md) are
-
-.. math::
-
-    \gamma_\text{lin} = \min_{j \ne y} \frac{z_y - z_j}{\lVert (e_y - e_j)^\top J_0 \rVert_2}
-    \;\ge\; \gamma_\text{bound} = \frac{m}{\sqrt2\, \lVert J_0 \rVert_2}
-    \quad \text{(for a correctly classified example).}
+the margins of Sokolić et al. (2017) are derived in lecture 11 (book/11-margins.md).
 """
 
 from __future__ import annotations
