@@ -115,20 +115,17 @@ def noisy_output(
 
     Site :math:`k` returns :math:`\tilde h_k = h_k + \varepsilon_k` (``"additive"``,
     Camuto et al. 2020, eq. 5) or :math:`\tilde h_k = h_k \odot (1 + \varepsilon_k)`
-    (``"multiplicative"``, eq. 6), where :math:`h_k` is the activation arriving at
-    the site, itself computed from the perturbed upstream layers. The sites' own
-    noise is off (their ``sigma`` is ignored); all randomness is in ``noises``.
-    Drawing ``noises[k] = sigma_k * torch.randn(h_k.shape, generator=g)`` in site
-    order reproduces what the model computes in training mode with the same
-    generator ``g``.
+    (``"multiplicative"``, eq. 6), :math:`h_k` computed from the perturbed upstream
+    layers. The sites' own ``sigma`` is ignored: drawing ``noises[k] = sigma_k *
+    torch.randn(h_k.shape, generator=g)`` in site order reproduces the model's
+    training-mode output with the same generator ``g``.
 
     Args:
         model: a module with :class:`gni_lib.noise.GaussianNoise` sites, each used
             once per forward pass (e.g. :func:`gni_lib.models.MLP`).
         x: inputs of shape :math:`(B, d_0)`, finite, floating point.
-        noises: one tensor per site, in :func:`gni_lib.noise.noise_sites` order,
-            ``noises[k]`` of the shape of the activation at site :math:`k`,
-            :math:`(B, d_k)` for an MLP, on ``x``'s device and dtype.
+        noises: one tensor per site in :func:`gni_lib.noise.noise_sites` order, of the
+            shape of the site's activation (:math:`(B, d_k)` for an MLP), on ``x``'s device and dtype.
         mode: ``"additive"`` or ``"multiplicative"``.
 
     Returns:
@@ -231,13 +228,8 @@ def second_order_noise(
         D^2_{kl} h_L[\varepsilon_k, \varepsilon_l]
         = \frac12 \frac{d^2}{dt^2} h_L(t\varepsilon)\Big|_{t=0},
 
-    per example and output coordinate (Camuto et al. 2020, Prop. 1, the terms of
-    total degree 2 in :math:`\varepsilon`), computed by forward-mode
-    differentiation twice (a jvp of a jvp).
-
+    per example and output coordinate (Camuto et al. 2020, Prop. 1, the terms of total
+    degree 2 in :math:`\varepsilon`): ``noise_taylor_terms(..., 2)[2]``, shape :math:`(B, d_L)`.
     Args and raises as :func:`noisy_output`.
-
-    Returns:
-        Tensor: shape :math:`(B, d_L)`.
     """
     return noise_taylor_terms(model, x, noises, 2, mode=mode)[2]

@@ -107,12 +107,8 @@ def chain_time_averages(
 
 
 def stationary_covariance_scale(
-    loss_at: Callable[..., Tensor],
-    point: Tensor,
-    unflatten: Callable[[Tensor], Sequence[Tensor]],
-    *,
-    lr: float,
-    sigma: float,
+    loss_at: Callable[..., Tensor], point: Tensor, unflatten: Callable[[Tensor], Sequence[Tensor]], *,
+    lr: float, sigma: float,
 ) -> tuple[float, float]:
     r"""The largest stationary covariance of perturbed GD near a minimum, :math:`\eta\sigma^2\lambda_{\max}/2`.
 
@@ -127,8 +123,7 @@ def stationary_covariance_scale(
         loss_at: the loss as a function of the unflattened parameters, ``loss_at(*unflatten(w))``.
         point: the flat parameter vector :math:`w`, shape ``(P,)``.
         unflatten: maps a flat vector to the arguments of ``loss_at``.
-        lr: :math:`\eta > 0`.
-        sigma: :math:`\sigma \ge 0`.
+        lr, sigma: :math:`\eta > 0` and :math:`\sigma \ge 0`.
 
     Returns:
         tuple[float, float]: :math:`\eta\sigma^2\lambda_{\max}/2` and :math:`\lambda_{\max}`.
@@ -148,7 +143,8 @@ def stationary_covariance_scale(
 
 @dataclass(frozen=True)
 class ReferenceCheck:
-    """:func:`judge_against_reference`'s ``t`` and its interval [``low``, ``high``], the ``gap`` :math:`g`, the per-coordinate ``err`` and ``se``, and the ``verdict``."""
+    """What :func:`judge_against_reference` finds: ``t`` and its interval [``low``, ``high``],
+    the ``gap`` :math:`g`, the per-coordinate ``err`` and ``se``, and the ``verdict``."""
 
     t: float
     low: float

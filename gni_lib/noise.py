@@ -135,12 +135,7 @@ class GaussianNoise(nn.Module):
             forward pass) ``generator`` draws on another device type than the input.
     """
 
-    def __init__(
-        self,
-        sigma: float = 0.0,
-        mode: str = "additive",
-        generator: torch.Generator | None = None,
-    ) -> None:
+    def __init__(self, sigma: float = 0.0, mode: str = "additive", generator: torch.Generator | None = None) -> None:
         super().__init__()
         self.sigma = sigma
         self.mode = mode
@@ -215,19 +210,13 @@ def noise_sites(model: nn.Module) -> list[GaussianNoise]:
 def set_noise(model: nn.Module, sigma: float | Sequence[float]) -> nn.Module:
     r"""Set the standard deviations :math:`\sigma_k` of all noise sites of ``model``.
 
-    Args:
-        model: a module with at least one :class:`GaussianNoise` site.
-        sigma: one :math:`\sigma \ge 0` for every site, or a sequence of one per
-            site in :func:`noise_sites` order. Standard deviations, not variances.
-
-    Returns:
-        nn.Module: ``model`` itself (changed in place), for chaining.
+    ``sigma`` is one standard deviation :math:`\sigma \ge 0` for every site, or one per site in
+    :func:`noise_sites` order. Returns ``model`` itself (changed in place), for chaining.
 
     Raises:
         TypeError: if ``model`` is not a module or ``sigma`` has the wrong type.
-        ValueError: if ``model`` has no noise sites, a value is negative or not
-            finite, or the sequence length differs from the number of sites.
-            Nothing is changed when an error is raised.
+        ValueError: if ``model`` has no noise sites, or ``sigma`` is not as :func:`sigma_list`
+            wants; nothing is changed then.
     """
     sites = noise_sites(model)
     if not sites:
