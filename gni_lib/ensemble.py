@@ -44,7 +44,7 @@ from .regularisers import functional_regularizer
 from .seeding import check_generator
 from .train import History, _batches, _check_run, _clean_metrics, _record, _refuse_non_finite, _run_steps
 
-__all__ = ["train_ensemble", "EnsembleResult", "METHODS", "supports_fast_path"]
+__all__ = ["train_ensemble", "EnsembleResult", "METHODS"]
 
 #: The update rules :func:`train_ensemble` accepts and the optimiser each one matches.
 METHODS: dict[str, str] = {
@@ -71,16 +71,6 @@ class EnsembleResult:
     histories: list[History]
     params: dict[str, Tensor] = field(repr=False)
     fast_path: bool
-
-
-def supports_fast_path(model: nn.Module) -> bool:
-    r"""True if ``model`` is a plain MLP (:func:`gni_lib.models.mlp_structure`) with its noise sites off.
-
-    :func:`train_ensemble` runs those through ``torch.baddbmm`` instead of ``vmap`` by
-    default, and, with ``inject_noise`` given, also MLPs with :math:`\sigma > 0` whose
-    sites each feed a linear layer.
-    """
-    return mlp_structure(model) is not None and all(site.sigma == 0.0 for site in noise_sites(model))
 
 
 # --- the batched-matmul route: the MLP core of gni_lib.models with a leading model axis ----------

@@ -31,7 +31,7 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from ._checks import check_flag, check_generator, check_pair, check_positive_int, check_real
+from ._checks import check_flag, check_generator, check_int, check_pair, check_positive_int, check_real
 from .losses import get_loss
 from .optim import PGD, AntiPGD, PerturbedGD
 
@@ -85,24 +85,12 @@ class History:
     extra: dict[str, list[float]] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, list]:
-        """Return the history as a dict of (copied) lists, e.g. for ``pandas.DataFrame``.
-
-        The keys ``steps``, ``train_loss``, ``test_loss`` and ``penalty`` are always
-        there (possibly empty); ``train_accuracy``, ``test_accuracy`` and each name
-        of ``extra`` only when something was recorded under them.
-        """
-        out = {
-            "steps": list(self.steps),
-            "train_loss": list(self.train_loss),
-            "test_loss": list(self.test_loss),
-            "penalty": list(self.penalty),
-        }
-        if self.train_accuracy:
-            out["train_accuracy"] = list(self.train_accuracy)
-        if self.test_accuracy:
-            out["test_accuracy"] = list(self.test_accuracy)
-        for name, values in self.extra.items():
-            out[name] = list(values)
+        """The history as a dict of (copied) lists, e.g. for ``pandas.DataFrame``: ``steps``, ``train_loss``,
+        ``test_loss`` and ``penalty`` always (possibly empty), the accuracies and each name of ``extra``
+        only when something was recorded under them."""
+        out = {key: list(getattr(self, key)) for key in ("steps", "train_loss", "test_loss", "penalty")}
+        out.update({key: list(getattr(self, key)) for key in ("train_accuracy", "test_accuracy") if getattr(self, key)})
+        out.update({name: list(values) for name, values in self.extra.items()})
         return out
 
 
@@ -144,13 +132,10 @@ def _check_run(
     record_every = check_positive_int(record_every, "record_every")
     n = x.shape[0]
     if batch_size is not None:
-        if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral):
-            raise TypeError(
-                f"batch_size must be None or an int in [1, {n}], got {type(batch_size).__name__}"
-            )
-        if not 1 <= batch_size <= n:
-            raise ValueError(f"batch_size must be None or an int in [1, {n}], got {batch_size}")
-        batch_size = int(batch_size)
+        expected = f"None or an int in [1, {n}]"
+        batch_size = check_int(batch_size, "batch_size", expected=expected)
+        if batch_size > n:
+            raise ValueError(f"batch_size must be {expected}, got {batch_size}")
     show = _show_progress(progress)
     if record_extra is not None and not isinstance(record_extra, Mapping):
         raise TypeError(
@@ -180,12 +165,9 @@ def _batches(
     x: Tensor, y: Tensor, batch_size: int | None,
     generator: torch.Generator | None | list[torch.Generator],
 ) -> Iterator[tuple[Tensor, Tensor]]:
-    r"""The batch ``(x_B, y_B)`` of each step, drawn lazily (at the step that uses it).
-
-    The whole set (no draws) when ``batch_size`` is ``None`` or :math:`n`; else the batches
-    of :func:`_minibatches` from ``generator``, or, for a list of :math:`M` generators,
-    one batch order per model, stacked: :math:`(M, B, \dots)`.
-    """
+    r"""The batch ``(x_B, y_B)`` of each step, drawn lazily: the whole set (no draws) for ``batch_size``
+    ``None`` or :math:`n`, else :func:`_minibatches` from ``generator`` (a list of :math:`M`: one
+    order per model, stacked :math:`(M, B, \dots)`)."""
     n = x.shape[0]
     if batch_size is None or batch_size == n:
         return itertools.repeat((x, y))
@@ -240,11 +222,8 @@ def _record(
 
 
 def _refuse_non_finite(finite: Tensor, step: int, steps: int, objective: Tensor | None = None) -> None:
-    """Raise ``FloatingPointError`` unless every model's step is finite (one host sync).
-
-    ``finite`` is a boolean scalar (:func:`train`, whose message shows the ``objective``)
-    or one entry per model (the ensemble, whose message names the models).
-    """
+    """Raise ``FloatingPointError`` unless ``finite`` (a scalar for :func:`train`, whose message shows
+    the ``objective``, or one entry per model, named in the message) is all true; one host sync."""
     if bool(finite.all()):
         return
     if objective is not None:

@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch import nn
 
-from gni_lib.ensemble import METHODS, EnsembleResult, supports_fast_path, train_ensemble
+from gni_lib.ensemble import METHODS, EnsembleResult, train_ensemble
 from gni_lib.models import MLP
 from gni_lib.optim import PGD, AntiPGD, PerturbedGD
 from gni_lib.train import train
@@ -182,7 +182,6 @@ def test_generic_module_goes_through_vmap():
         torch.manual_seed(m)
         ours.append(_Residual().double())
         theirs.append(copy.deepcopy(ours[-1]))
-    assert not supports_fast_path(ours[0])
     result = train_ensemble(ours, x, y, steps=6, lr=0.1, method="perturbed_gd", sigma=0.1,
                             generators=_gens(40), progress=False)
     assert result.fast_path is False
@@ -193,12 +192,12 @@ def test_generic_module_goes_through_vmap():
         train_ensemble(ours, x, y, steps=1, lr=0.1, fast_path=True, progress=False)
 
 
-def test_supports_fast_path():
-    assert supports_fast_path(MLP([2, 3, 1]))
-    assert supports_fast_path(MLP([2, 3, 1], activation="linear", bias=False))
-    assert not supports_fast_path(MLP([2, 3, 1], sigma=0.1))
-    assert not supports_fast_path(nn.Sequential(nn.Linear(2, 2), nn.LayerNorm(2)))
-    assert not supports_fast_path(nn.Sequential(nn.Tanh()))
+def test_default_route_is_bmm_for_plain_mlps():
+    """fast_path=None picks the batched matmuls for a plain MLP, vmap for anything else."""
+    x, y = torch.randn(4, 2, dtype=torch.float64), torch.randn(4, 1, dtype=torch.float64)
+    for model, fast in [(MLP([2, 3, 1]), True), (MLP([2, 3, 1], activation="linear", bias=False), True),
+                        (nn.Sequential(nn.Linear(2, 1), nn.LayerNorm(1)), False)]:
+        assert train_ensemble([model.double()], x, y, steps=1, lr=0.1, progress=False).fast_path is fast
     assert set(METHODS) == {"gd", "adam", "pgd", "anti_pgd", "perturbed_gd"}
 
 
