@@ -1,22 +1,20 @@
 r"""Layer-to-layer Jacobians of an MLP, their norms, and the traces of its square weight matrices.
 
-For the network of :func:`gni_lib.models.MLP`, layer :math:`k = 1, \dots, L` maps
-:math:`h_{k-1}` to :math:`h_k = \phi(W_k h_{k-1} + b_k)` (:math:`\phi` the identity for
-:math:`k = L`). Its Jacobian, evaluated at the clean forward pass, is
+Layer :math:`k = 1, \dots, L` of :func:`gni_lib.models.MLP` maps :math:`h_{k-1}` to
+:math:`h_k = \phi(W_k h_{k-1} + b_k)` (:math:`\phi` the identity for :math:`k = L`), with
+Jacobian, at the clean pass,
 
 .. math::
 
     \nabla_{h_{k-1}} h_k = \operatorname{diag}\bigl(\phi'(W_k h_{k-1} + b_k)\bigr)\, W_k
     \in \mathbb R^{d_k \times d_{k-1}} .
 
-For ReLU, :math:`\phi' \in \{0, 1\}`, so this is :math:`\widetilde W_k`: :math:`W_k` with
-**row** :math:`i` set to zero whenever neuron :math:`i` of layer :math:`k` is inactive
-(Camuto et al. 2020, Sec. 4, "A layer-wise regularisation", say *column*; for
-:math:`h_k = \phi(W_k h_{k-1})` it is the row). The chain rule makes
-:math:`J_j = \partial h_L / \partial h_j` a product of these factors for
-:math:`k = j+1, \dots, L`, so the factor of layer :math:`k` appears in
-:math:`J_0, \dots, J_{k-1}`: :math:`k` times in :math:`R`. Camuto et al. expect
-its norm to decrease with :math:`k` under noise injection (their Fig. 5).
+For ReLU this is :math:`\widetilde W_k`, :math:`W_k` with **row** :math:`i` zeroed when
+neuron :math:`i` is inactive (Camuto et al. 2020, Sec. 4, say *column*; for
+:math:`h_k = \phi(W_k h_{k-1})` it is the row). :math:`J_j = \partial h_L / \partial h_j`
+is the product of these factors for :math:`k > j`, so the factor of layer :math:`k`
+appears :math:`k` times in :math:`R`; Camuto et al. expect its norm to decrease with
+:math:`k` under noise injection (their Fig. 5).
 """
 
 from __future__ import annotations
@@ -73,10 +71,9 @@ def layer_to_layer_jacobians(model: nn.Sequential, x: Tensor) -> list[Tensor]:
         = \phi'(z_{k,i}(x_b))\, (W_k)_{ij}, \qquad z_k = W_k h_{k-1} + b_k,
 
     at the clean forward pass (noise sites skipped), from :math:`\phi'(z_k)` of
-    :func:`gni_lib.models.mlp_forward` (closed forms, or forward-mode autograd),
-    so any elementwise activation works. For ReLU, :math:`G_k = \widetilde W_k`,
-    :math:`W_k` with the rows of inactive neurons zeroed (Camuto et al. 2020, Sec. 4).
-    Differentiable with respect to the parameters when autograd is on.
+    :func:`gni_lib.models.mlp_forward`, so any elementwise activation works. For ReLU,
+    :math:`G_k = \widetilde W_k` (Camuto et al. 2020, Sec. 4). Differentiable with
+    respect to the parameters when autograd is on.
 
     Args:
         model: an :func:`gni_lib.models.MLP` (an ``nn.Sequential`` of
@@ -88,9 +85,8 @@ def layer_to_layer_jacobians(model: nn.Sequential, x: Tensor) -> list[Tensor]:
 
     Raises:
         TypeError: if ``model`` is not an ``nn.Sequential`` or ``x`` not a tensor.
-        ValueError: if ``model`` has a child other than noise sites, linear layers and
-            elementwise activations after them, or ``x`` has the wrong shape or is
-            not finite.
+        ValueError: for a child other than noise sites, linear layers and elementwise
+            activations after them, or bad ``x``.
     """
     structure = _structure(model)
     x = _check_input(x, structure.layers[0][0].in_features)

@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ._checks import check_choice
+
 __all__ = [
     "mse_loss", "ce_loss", "get_loss", "LOSSES", "per_example_loss", "ce_hessian_root",
     "ce_hessian_diag_root",
@@ -47,10 +49,8 @@ def mse_loss(pred: Tensor, target: Tensor) -> Tensor:
         L(\hat y, y) = \frac{1}{B} \sum_{b=1}^{B} \tfrac12 \lVert y_b - \hat y_b \rVert_2^2,
         \qquad H_L = \nabla^2_{\hat y_b}\, \tfrac12 \lVert y_b - \hat y_b \rVert^2 = I.
 
-    The factor :math:`\tfrac12` makes the per-example Hessian with respect to the
-    output the identity, which is the form of the explicit regulariser in
-    Camuto et al. (2020), eq. 11. Note that this is *not* ``F.mse_loss``, which
-    averages over outputs as well and has no :math:`\tfrac12`.
+    The :math:`\tfrac12` makes :math:`H_L = I`, the form of Camuto et al. (2020), eq. 11.
+    This is *not* ``F.mse_loss``, which averages over outputs too and has no :math:`\tfrac12`.
 
     Args:
         pred: the network output :math:`\hat y`, shape :math:`(B, d)`.
@@ -125,12 +125,10 @@ def get_loss(name: str) -> Callable[[Tensor, Tensor], Tensor]:
     r"""Return the loss called ``name``: ``"mse"`` (:func:`mse_loss`) or ``"ce"`` (:func:`ce_loss`).
 
     Raises:
-        ValueError: if ``name`` is not one of these (the message names ``loss``,
-            the argument this value comes from across the library).
+        ValueError: for any other ``name`` (the message names ``loss``, the argument
+            it comes from across the library).
     """
-    if not isinstance(name, str) or name not in LOSSES:
-        raise ValueError(f"loss must be one of {tuple(LOSSES)}, got {name!r}")
-    return LOSSES[name]
+    return LOSSES[check_choice(name, "loss", tuple(LOSSES))]
 
 
 def per_example_loss(output: Tensor, y: Tensor, loss: str) -> Tensor:
