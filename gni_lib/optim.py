@@ -57,9 +57,8 @@ Params = Mapping[str, Tensor]
 class NonFiniteGradientError(ValueError, FloatingPointError):
     """A gradient holds NaN or infinite entries; the step was not applied.
 
-    It is both a :class:`ValueError` (bad input to the optimiser, as the design
-    asks) and a :class:`FloatingPointError` (what :func:`gni_lib.train.train`
-    raises for a non-finite objective), so either ``except`` clause catches it.
+    Both a :class:`ValueError` (bad input to the optimiser) and a :class:`FloatingPointError`
+    (what :func:`gni_lib.train.train` raises for a non-finite objective).
     """
 
 
@@ -189,9 +188,8 @@ def pgd_update(
     r"""One PGD step, :math:`w_{n+1} = w_n - \eta \nabla L(w_n) + \xi_{n+1}` (Orvieto et al. 2022).
 
     Args:
-        params: :math:`w_n`.
-        grads: :math:`\nabla L(w_n)`, the same keys and shapes.
-        noise: :math:`\xi_{n+1}` (e.g. from :func:`draw_noise`), the same keys and shapes.
+        params, grads, noise: :math:`w_n`, :math:`\nabla L(w_n)` and :math:`\xi_{n+1}` (e.g. from
+            :func:`draw_noise`), dicts with the same keys and shapes.
         lr: :math:`\eta`.
 
     Returns:
@@ -215,16 +213,13 @@ def anti_pgd_update(
 ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
     r"""One Anti-PGD step, :math:`w_{n+1} = w_n - \eta \nabla L(w_n) + (\xi_{n+1} - \xi_n)`.
 
-    Orvieto et al. (2022), eq. (Anti-PGD). The state is :math:`\xi_n`, threaded
-    through explicitly: ``params, xi = anti_pgd_update(params, grads, noise, xi, lr)``.
-    The increment :math:`\xi_{n+1} - \xi_n` is formed first and then added.
+    Orvieto et al. (2022), eq. (Anti-PGD). The state :math:`\xi_n` is threaded through:
+    ``params, xi = anti_pgd_update(params, grads, noise, xi, lr)``; the increment
+    :math:`\xi_{n+1} - \xi_n` is formed first, then added.
 
     Args:
-        params: :math:`w_n`.
-        grads: :math:`\nabla L(w_n)`.
-        noise: :math:`\xi_{n+1}`.
+        params, grads, noise, lr: :math:`w_n`, :math:`\nabla L(w_n)`, :math:`\xi_{n+1}`, :math:`\eta`.
         prev_noise: :math:`\xi_n`, or ``None`` for :math:`\xi_0 = 0`.
-        lr: :math:`\eta`.
 
     Returns:
         tuple: :math:`w_{n+1}` and the new state :math:`\xi_{n+1}` (``noise`` itself).
