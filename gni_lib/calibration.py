@@ -27,14 +27,8 @@ from torch import Tensor
 from ._checks import check_int, check_tensor
 
 __all__ = [
-    "ReliabilityDiagram",
-    "confidence_and_prediction",
-    "confidence_bins",
-    "reliability_diagram",
-    "expected_calibration_error",
-    "logit_margin",
-    "input_margin",
-    "margin_lower_bound",
+    "ReliabilityDiagram", "confidence_and_prediction", "confidence_bins", "reliability_diagram",
+    "expected_calibration_error", "logit_margin", "input_margin", "margin_lower_bound",
 ]
 
 
@@ -174,8 +168,7 @@ def reliability_diagram(logits: Tensor, labels: Tensor, *, bins: int = 10) -> Re
         bins: :math:`M \ge 1`.
 
     Returns:
-        ReliabilityDiagram: ``edges`` :math:`(M+1,)`, ``accuracy`` and ``confidence``
-        :math:`(M,)` in the logits' dtype, ``count`` :math:`(M,)` int64.
+        ReliabilityDiagram: in the logits' dtype, ``count`` in int64.
 
     Raises:
         TypeError: if an argument has the wrong type.
@@ -190,11 +183,8 @@ def reliability_diagram(logits: Tensor, labels: Tensor, *, bins: int = 10) -> Re
     count = torch.bincount(index, minlength=bins)
     hits = torch.zeros(bins, dtype=logits.dtype, device=logits.device).index_add_(0, index, correct)
     mass = torch.zeros(bins, dtype=logits.dtype, device=logits.device).index_add_(0, index, confidence)
-    safe = count.clamp(min=1).to(logits.dtype)
-    empty = count == 0
-    nan = torch.full_like(safe, math.nan)
-    accuracy = torch.where(empty, nan, hits / safe)
-    mean_confidence = torch.where(empty, nan, mass / safe)
+    size = count.to(logits.dtype)  # 0 / 0 = NaN for an empty bin
+    accuracy, mean_confidence = hits / size, mass / size
     edges = torch.arange(bins + 1, dtype=logits.dtype, device=logits.device) / bins
     return ReliabilityDiagram(edges, accuracy, mean_confidence, count)
 
