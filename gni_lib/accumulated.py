@@ -32,12 +32,7 @@ from ._checks import check_choice, check_input, check_int, check_tensor
 from .jacobians import check_calls, check_model
 from .noise import NOISE_MODES, replace_site_outputs
 
-__all__ = [
-    "noisy_output",
-    "accumulated_noise",
-    "noise_taylor_terms",
-    "second_order_noise",
-]
+__all__ = ["noisy_output", "accumulated_noise", "noise_taylor_terms", "second_order_noise"]
 
 
 # --------------------------------------------------------------------------- checks
@@ -51,9 +46,7 @@ def _check_noises(noises: object, count: int, x: Tensor) -> list[Tensor]:
             f"got {type(noises).__name__}"
         )
     if len(noises) != count:
-        raise ValueError(
-            f"noises must hold one tensor per noise site ({count}), got {len(noises)}"
-        )
+        raise ValueError(f"noises must hold one tensor per noise site ({count}), got {len(noises)}")
     for k, noise in enumerate(noises):
         if isinstance(noise, Tensor) and (noise.dtype != x.dtype or noise.device != x.device):
             raise ValueError(
@@ -174,11 +167,7 @@ def _ray_derivatives(output: Callable[[Tensor], Tensor], order: int) -> Callable
 
 
 def noise_taylor_terms(
-    model: nn.Module,
-    x: Tensor,
-    noises: Sequence[Tensor],
-    order: int = 2,
-    *,
+    model: nn.Module, x: Tensor, noises: Sequence[Tensor], order: int = 2, *,
     mode: str = "additive",
 ) -> list[Tensor]:
     r"""Taylor coefficients of the output along the noise direction, up to ``order``.

@@ -4,8 +4,8 @@ For :math:`F(x) = W_2 \tanh(W_1 x + b_1) + b_2`, with :math:`z = W_1 x + b_1`,
 :math:`s = \phi'(z) = 1 - \tanh^2 z` and :math:`t = \phi''(z) = -2\tanh z\,(1 - \tanh^2 z)`,
 the input Jacobian is :math:`J = W_2 \operatorname{diag}(s) W_1` and the input
 Hessian of output :math:`k` is :math:`H_k = \sum_j (W_2)_{kj}\, t_j\, w_j w_j^\top`
-(:math:`w_j` the :math:`j`-th row of :math:`W_1`). Hence (book, chapter 12,
-eq. ``eq-07-closed-form``)
+(:math:`w_j` the :math:`j`-th row of :math:`W_1`). Hence (lecture 12,
+book/12-noise-inside-regulariser.md, eq-07-closed-form)
 
 .. math::
 
@@ -14,14 +14,12 @@ eq. ``eq-07-closed-form``)
     \lVert H \rVert_F^2 = t^\top \bigl( (W_2^\top W_2) \circ (W_1 W_1^\top)
         \circ (W_1 W_1^\top) \bigr) t,
 
-quadratic forms in the hidden slopes and curvatures: no autograd through the
-input, so the Jacobian penalty of Rifai et al. (2011) costs about one forward
-pass. Every function here takes :math:`M` networks stacked along a leading axis
-(``params = (W1, b1, W2[, b2])`` with shapes :math:`(M, h, d)`, :math:`(M, h)`,
-:math:`(M, c, h)`, :math:`(M, c)`) and inputs ``x`` of shape :math:`(M, B, d)`,
-one batch per network, so that an ensemble of small networks trains as one
-batched computation. :func:`stack_one_hidden_layer` builds ``params`` from
-:func:`gni_lib.models.MLP` instances.
+quadratic forms in the hidden slopes and curvatures: with no autograd through the input,
+the Jacobian penalty of Rifai et al. (2011) costs about one forward pass. Every function
+takes :math:`M` networks stacked along a leading axis, ``params = (W1, b1, W2[, b2])`` of
+shapes :math:`(M, h, d)`, :math:`(M, h)`, :math:`(M, c, h)`, :math:`(M, c)` (from
+:func:`stack_one_hidden_layer`), and one batch ``x`` of shape :math:`(M, B, d)` per network,
+so that an ensemble of small networks trains as one batched computation.
 """
 
 from __future__ import annotations
@@ -36,17 +34,13 @@ from .noise import standard_noise
 from .seeding import check_generator
 
 __all__ = [
-    "stack_one_hidden_layer",
-    "one_hidden_layer_logits",
-    "one_hidden_layer_penalty",
+    "stack_one_hidden_layer", "one_hidden_layer_logits", "one_hidden_layer_penalty",
     "one_hidden_layer_hessian_norm",
 ]
 
 
 def stack_one_hidden_layer(
-    models: Sequence[nn.Module],
-    *,
-    device: torch.device | str | None = None,
+    models: Sequence[nn.Module], *, device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
 ) -> list[Tensor]:
     r"""Stack the parameters of :math:`M` networks ``MLP([d, h, c])`` (tanh) into ``[W1, b1, W2, b2]``.
@@ -131,9 +125,7 @@ def one_hidden_layer_logits(params: Sequence[Tensor], x: Tensor) -> Tensor:
 
 
 def one_hidden_layer_penalty(
-    params: Sequence[Tensor],
-    x: Tensor,
-    noise_std: Tensor | None = None,
+    params: Sequence[Tensor], x: Tensor, noise_std: Tensor | None = None,
     generator: torch.Generator | None = None,
 ) -> Tensor:
     r"""Batch mean of :math:`\lVert J_F(x + \varepsilon)\rVert_F^2` for :math:`M` stacked tanh networks.
@@ -143,21 +135,19 @@ def one_hidden_layer_penalty(
         P_m = \frac1B \sum_{b=1}^{B} s_{mb}^\top \bigl( (W_2^\top W_2) \circ (W_1 W_1^\top) \bigr)_m s_{mb},
         \qquad s_{mb} = 1 - \tanh^2\bigl(W_1 (x_{mb} + \varepsilon_{mb}) + b_1\bigr),
 
-    the closed form of the Jacobian penalty (Bishop 1995) and, with noise in its
-    input, one draw of the noisy penalty of Rifai et al. (2011), eq. (book
-    ``eq-07-closed-form``). With ``noise_std=None`` nothing is drawn
-    (:math:`\varepsilon = 0`). Otherwise :math:`\varepsilon` is ``noise_std.view(-1, 1, 1)``
-    times :func:`gni_lib.noise.standard_noise` of ``x``'s shape: for :math:`M = 1` the same draw as
-    ``gni_lib.penalties.jacobian_penalty(model, x[0], noise_std=..., samples=1)``
-    with a generator in the same state.
+    the closed form of the Jacobian penalty (Bishop 1995) and, with noise in its input,
+    one draw of the noisy penalty of Rifai et al. (2011) (eq-07-closed-form). With
+    ``noise_std=None``, :math:`\varepsilon = 0` and nothing is drawn; otherwise
+    :math:`\varepsilon` is ``noise_std.view(-1, 1, 1)`` times
+    :func:`gni_lib.noise.standard_noise` of ``x``'s shape: for :math:`M = 1` the same draw as
+    ``gni_lib.penalties.jacobian_penalty(model, x[0], noise_std=..., samples=1)`` from a
+    generator in the same state.
 
     Args:
         params: ``(W1, b1, W2)`` or ``(W1, b1, W2, b2)`` (``b2`` is not used).
         x: inputs, :math:`(M, B, d)`, finite.
-        noise_std: ``None``, or one standard deviation per network, a tensor of
-            shape :math:`(M,)` with entries :math:`\ge 0` (0: no noise for that network).
-        generator: the source of the noise, on ``x``'s device type; ``None`` uses
-            torch's global generator.
+        noise_std: ``None``, or a tensor of :math:`M` standard deviations :math:`\ge 0`.
+        generator: the source of the noise, on ``x``'s device type (``None``: torch's global one).
 
     Returns:
         Tensor: shape :math:`(M,)`, differentiable in ``params``.

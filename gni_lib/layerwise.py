@@ -30,12 +30,8 @@ from .stats import loglog_slope
 from .verdicts import Region, verdict
 
 __all__ = [
-    "ReferenceCheck",
-    "chain_time_averages",
-    "judge_against_reference",
-    "loglog_slope_with_se",
-    "stationary_covariance_scale",
-    "variance_by_width",
+    "ReferenceCheck", "chain_time_averages", "judge_against_reference", "loglog_slope_with_se",
+    "stationary_covariance_scale", "variance_by_width",
 ]
 
 
@@ -46,15 +42,8 @@ def _check_callables(**functions: object) -> None:
 
 
 def chain_time_averages(
-    params: Sequence[Tensor],
-    loss_of: Callable[..., Tensor],
-    predictor: Callable[..., Tensor],
-    *,
-    sigma: float,
-    lr: float,
-    steps: int,
-    burn_in: int,
-    generator: torch.Generator | None = None,
+    params: Sequence[Tensor], loss_of: Callable[..., Tensor], predictor: Callable[..., Tensor], *,
+    sigma: float, lr: float, steps: int, burn_in: int, generator: torch.Generator | None = None,
 ) -> Tensor:
     r"""Run perturbed gradient descent on chain-batched parameters; return each chain's time average.
 
@@ -156,13 +145,8 @@ class ReferenceCheck:
 
 
 def judge_against_reference(
-    chain_values: Tensor,
-    stated: Tensor,
-    wrong: Tensor,
-    *,
-    claim: Region,
-    approx: Region | None = None,
-    level: float = 0.95,
+    chain_values: Tensor, stated: Tensor, wrong: Tensor, *, claim: Region,
+    approx: Region | None = None, level: float = 0.95,
 ) -> ReferenceCheck:
     r"""Verdict on :math:`T = \max_j\lvert\bar\beta_j - \beta^\star_j\rvert / \max_j\lvert\beta^\dagger_j - \beta^\star_j\rvert`.
 
@@ -215,12 +199,8 @@ def judge_against_reference(
 
 def variance_by_width(
     loss_fn: Callable[[dict[str, Tensor]], Tensor],
-    weights_at: Callable[[int], Mapping[str, Tensor]],
-    widths: Sequence[int],
-    sigma: float,
-    *,
-    samples: int,
-    generator: torch.Generator | None = None,
+    weights_at: Callable[[int], Mapping[str, Tensor]], widths: Sequence[int], sigma: float, *,
+    samples: int, generator: torch.Generator | None = None,
 ) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
     r"""Per-parameter variance of the perturbed gradient at each width, all tensors at once and layer-wise.
 

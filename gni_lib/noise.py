@@ -1,22 +1,14 @@
-r"""Gaussian noise injections: the noise *sites* of a network.
+r"""Gaussian noise injections: the noise *sites* of a network (Camuto et al. 2020, eqs. 1 and 6).
 
-A noise site is a :class:`GaussianNoise` module placed in front of a layer. In
-training mode it perturbs the activation :math:`h_k` that passes through it,
-
-.. math::
-
-    \tilde h_k = h_k + \sigma_k \varepsilon_k \quad \text{(additive)}, \qquad
-    \tilde h_k = h_k \odot (1 + \sigma_k \varepsilon_k) \quad \text{(multiplicative)},
-
-with :math:`\varepsilon_k \sim \mathcal N(0, I)` drawn afresh at every forward
-pass (Camuto et al. 2020, eqs. 1 and 6). Like :class:`torch.nn.Dropout`, a site
-is the identity in ``eval()`` mode, so the clean network is the same module
-switched to ``eval()``.
-
-``sigma`` is always a **standard deviation**, never a variance. :func:`noise_sites` lists
-the sites in forward order, :func:`set_noise` sets their :math:`\sigma_k`, and
-:func:`replace_site_outputs` lets the caller decide what each site returns (a zero
-perturbation to differentiate, or noise from the caller's generator).
+A noise site is a :class:`GaussianNoise` module placed in front of a layer. In training mode it
+perturbs the activation passing through it, :math:`\tilde h_k = h_k + \sigma_k \varepsilon_k`
+(additive) or :math:`\tilde h_k = h_k \odot (1 + \sigma_k \varepsilon_k)` (multiplicative), with
+:math:`\varepsilon_k \sim \mathcal N(0, I)` drawn afresh at every forward pass; like
+:class:`torch.nn.Dropout`, it is the identity in ``eval()`` mode, so the clean network is the
+same module switched to ``eval()``. ``sigma`` is always a **standard deviation**, never a
+variance. :func:`noise_sites` lists the sites in forward order, :func:`set_noise` sets their
+:math:`\sigma_k`, and :func:`replace_site_outputs` lets the caller decide what each site returns
+(a zero perturbation to differentiate, or noise from the caller's generator).
 """
 
 from __future__ import annotations
@@ -30,14 +22,8 @@ from torch import Tensor, nn
 from ._checks import check_choice, check_generator, check_real, check_values
 
 __all__ = [
-    "GaussianNoise",
-    "noise_sites",
-    "set_noise",
-    "sigma_list",
-    "replace_site_outputs",
-    "standard_noise",
-    "NOISE_MODES",
-    "NOISE_DISTRIBUTIONS",
+    "GaussianNoise", "noise_sites", "set_noise", "sigma_list", "replace_site_outputs",
+    "standard_noise", "NOISE_MODES", "NOISE_DISTRIBUTIONS",
 ]
 
 #: The accepted values of ``mode``.
@@ -52,12 +38,8 @@ def _check_sigma(sigma: object, name: str = "sigma") -> float:
 
 
 def standard_noise(
-    shape: int | Sequence[int],
-    generator: torch.Generator | None,
-    *,
-    dtype: torch.dtype,
-    device: torch.device | str,
-    distribution: str = "gaussian",
+    shape: int | Sequence[int], generator: torch.Generator | None, *, dtype: torch.dtype,
+    device: torch.device | str, distribution: str = "gaussian",
 ) -> Tensor:
     r"""Independent draws :math:`z` with mean 0 and variance 1: the one place gni_lib draws noise.
 
@@ -253,9 +235,7 @@ def replace_site_outputs(
     if not callable(replace):
         raise TypeError(f"replace must be callable (k, h) -> tensor, got {type(replace).__name__}")
     if not sites:
-        raise ValueError(
-            "model must contain at least one GaussianNoise noise site, but it has none"
-        )
+        raise ValueError("model must contain at least one GaussianNoise noise site, but it has none")
     calls = [0] * len(sites)
     flags = [site.training for site in sites]
     handles = []

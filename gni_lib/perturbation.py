@@ -33,12 +33,8 @@ from .seeding import check_generator, make_generator
 from .stats import mean_and_se
 
 __all__ = [
-    "orthonormal_design",
-    "group_network_hessian_trace",
-    "factorised_loss",
-    "factorised_hessian_trace",
-    "balanced_factors",
-    "perturbed_gradient_variance",
+    "orthonormal_design", "group_network_hessian_trace", "factorised_loss",
+    "factorised_hessian_trace", "balanced_factors", "perturbed_gradient_variance",
 ]
 
 
@@ -46,13 +42,8 @@ __all__ = [
 
 
 def orthonormal_design(
-    n: int,
-    d: int,
-    *,
-    group_sizes: Sequence[int] | None = None,
-    seed: int = 0,
-    dtype: torch.dtype = torch.float64,
-    device: torch.device | str | None = None,
+    n: int, d: int, *, group_sizes: Sequence[int] | None = None, seed: int = 0,
+    dtype: torch.dtype = torch.float64, device: torch.device | str | None = None,
 ) -> Tensor:
     r"""A centred design matrix with :math:`X_g^\top X_g / n = I` for every group (or for all of :math:`X`).
 
@@ -256,13 +247,8 @@ def _sample_total_variance(
 
 
 def perturbed_gradient_variance(
-    loss_fn: Callable[[dict[str, Tensor]], Tensor],
-    params: Mapping[str, Tensor],
-    sigma: float,
-    *,
-    layerwise: bool = False,
-    samples: int = 1000,
-    chunk: int = 250,
+    loss_fn: Callable[[dict[str, Tensor]], Tensor], params: Mapping[str, Tensor], sigma: float, *,
+    layerwise: bool = False, samples: int = 1000, chunk: int = 250,
     generator: torch.Generator | None = None,
 ) -> tuple[float, float]:
     r"""Monte Carlo estimate of the total variance of the perturbed gradient, with its standard error.

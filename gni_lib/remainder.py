@@ -69,10 +69,7 @@ def _check_sigmas(sigmas: object) -> np.ndarray:
 
 
 def taylor_remainders(
-    model: nn.Module,
-    x: Tensor,
-    direction: Sequence[Tensor],
-    sigmas: Sequence[float] | np.ndarray,
+    model: nn.Module, x: Tensor, direction: Sequence[Tensor], sigmas: Sequence[float] | np.ndarray,
     max_order: int = 3,
 ) -> TaylorRemainders:
     r"""The remainders :math:`r_n(\sigma)`, :math:`n = 1, \dots,` ``max_order``, of the accumulated noise.
