@@ -56,8 +56,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._checks import check_choice, check_generator, check_int
-from .jacobians import check_calls, check_input, check_model, check_target, run_model
+from ._checks import check_choice, check_generator, check_input, check_int, check_target
+from .jacobians import check_calls, check_model, run_model
 from .losses import LOSSES, ce_hessian_root, per_example_loss
 from .models import MLPStructure, mlp_backward, mlp_forward, mlp_structure, mlp_weights
 from .noise import replace_site_outputs
@@ -290,11 +290,7 @@ def hessian_trace(
       parameters flattened in ``model.named_parameters()`` order.
 
     Args:
-        model: an ``nn.Module`` with ``GaussianNoise`` sites.
-        x: inputs, shape :math:`(B, d_0)`, finite.
-        y: targets: shape :math:`(B, d_L)` and the output's dtype for ``"mse"``;
-            int64 class indices of shape :math:`(B,)` for ``"ce"``.
-        loss: ``"mse"`` (½-squared error) or ``"ce"`` (softmax cross-entropy).
+        model, x, y, loss: as :func:`gni_lib.gap.noisy_loss_gap`.
         method: ``"exact"``, ``"ggn"`` or ``"hutchinson"``.
         probes: Hutchinson probes, at least 2 (ignored by the exact methods).
         generator: the source of the probes; ``None`` uses torch's global generator.

@@ -103,8 +103,6 @@ def noisy_loss_gap(
         )
     x = check_input(x)
     check_generator(generator, x.device)
-    sigmas = [site.sigma for site in sites]
-    modes = [site.mode for site in sites]
     batch = x.shape[0]
     draws = samples // 2 if antithetic else samples
     copies = 2 if antithetic else 1  # noisy passes per draw
@@ -124,7 +122,7 @@ def noisy_loss_gap(
             y_rep = y.unsqueeze(0).expand(rows, *y.shape).reshape(rows * batch, *y.shape[1:])
 
             def add_noise(k: int, h: Tensor, n: int = n) -> Tensor:
-                if sigmas[k] == 0.0:
+                if sites[k].sigma == 0.0:
                     return h
                 if h.shape[0] != rows * batch:
                     raise ValueError(
@@ -138,10 +136,10 @@ def noisy_loss_gap(
                 signs = (1.0, -1.0) if antithetic else (1.0,)
                 for i, sign in enumerate(signs):
                     part = slice(i * n * batch, (i + 1) * n * batch)
-                    if modes[k] == "additive":  # h + sigma z
-                        torch.add(h[part], drawn, alpha=sign * sigmas[k], out=out[part])
+                    if sites[k].mode == "additive":  # h + sigma z
+                        torch.add(h[part], drawn, alpha=sign * sites[k].sigma, out=out[part])
                     else:  # h (1 + sigma z) = h + sigma h z
-                        torch.addcmul(h[part], h[part], drawn, value=sign * sigmas[k], out=out[part])
+                        torch.addcmul(h[part], h[part], drawn, value=sign * sites[k].sigma, out=out[part])
                 out[copies * n * batch :] = h[copies * n * batch :]
                 return out
 

@@ -30,8 +30,8 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from ._checks import check_input, check_target  # noqa: F401 (imported from here)
-from .models import MLPStructure, mlp_backward, mlp_forward, mlp_structure, mlp_weights  # noqa: F401
+from ._checks import check_input
+from .models import MLPStructure, mlp_backward, mlp_forward, mlp_structure, mlp_weights
 from .noise import GaussianNoise, noise_sites, replace_site_outputs
 
 __all__ = ["layer_jacobians", "site_products"]

@@ -237,12 +237,7 @@ def second_order_term(
     ``chunk_size``; for the book's small and medium networks. A diagnostic: no graph.
 
     Args:
-        model: an ``nn.Module`` with ``GaussianNoise`` sites (see
-            :func:`gni_lib.jacobians.layer_jacobians`).
-        x: inputs, shape :math:`(B, d_0)`, finite.
-        y: targets: shape :math:`(B, d_L)` and ``x``'s dtype for ``"mse"``;
-            int64 class indices of shape :math:`(B,)` for ``"ce"``.
-        loss: ``"mse"`` or ``"ce"``.
+        model, x, y, loss: as :func:`gni_lib.gap.noisy_loss_gap`.
         chunk_size: Hessian-vector products per vectorised batch.
 
     Returns:

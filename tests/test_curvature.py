@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from gni_lib.curvature import hessian_trace
-from gni_lib.jacobians import mlp_structure
+from gni_lib.models import mlp_structure
 from gni_lib.models import MLP
 from gni_lib.noise import GaussianNoise
 from _shared import DEVICES, seeded_generator as _generator

@@ -9,7 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from gni_lib.jacobians import layer_jacobians, mlp_structure
+from gni_lib.jacobians import layer_jacobians
+from gni_lib.models import mlp_structure
 from gni_lib.models import MLP
 from gni_lib.noise import GaussianNoise, noise_sites, replace_site_outputs
 from _shared import DEVICES, seeded_generator as _generator
