@@ -56,3 +56,20 @@ kernelspec:
 def chapter_source(*cells: str) -> str:
     """A minimal MyST chapter with the given code cells."""
     return CHAPTER_HEADER + "\n".join(f"```{{code-cell}} ipython3\n{c}\n```\n" for c in cells)
+
+
+class CountingSyncs(torch.Tensor):
+    """A tensor that counts the calls copying its values to the host (each a sync on CUDA).
+
+    Wrap with ``t.as_subclass(CountingSyncs)``, set ``CountingSyncs.syncs = 0``, call, read it back.
+    """
+
+    syncs = 0
+    _host = {torch.Tensor.item, torch.Tensor.tolist, torch.Tensor.__int__, torch.Tensor.__bool__,
+             torch.Tensor.__float__, torch.Tensor.__index__}
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        if func in cls._host:
+            cls.syncs += 1
+        return super().__torch_function__(func, types, args, kwargs or {})

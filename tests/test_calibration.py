@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from _shared import DEVICES, one_thread, seeded_generator  # noqa: F401  (one_thread is autouse)
+from _shared import DEVICES, CountingSyncs, one_thread, seeded_generator  # noqa: F401  (one_thread is autouse)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -272,24 +272,11 @@ def test_bad_input_names_the_argument() -> None:
         margin_lower_bound(logits, torch.full((4, 3, 2), math.inf, dtype=torch.float64), labels)
 
 
-class _CountingSyncs(torch.Tensor):
-    """Counts the calls that copy a tensor's values to the host (each a sync on CUDA)."""
-
-    syncs = 0
-    _host = {torch.Tensor.item, torch.Tensor.tolist, torch.Tensor.__int__, torch.Tensor.__bool__,
-             torch.Tensor.__float__, torch.Tensor.__index__}
-
-    @classmethod
-    def __torch_function__(cls, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
-        if func in cls._host:
-            cls.syncs += 1
-        return super().__torch_function__(func, types, args, kwargs or {})
-
 
 def test_label_check_reads_the_labels_back_once() -> None:
     logits = torch.randn(4, 3, dtype=torch.float64)
-    _CountingSyncs.syncs = 0
-    logit_margin(logits, torch.tensor([0, 1, 2, 0]).as_subclass(_CountingSyncs))
-    assert _CountingSyncs.syncs == 1
+    CountingSyncs.syncs = 0
+    logit_margin(logits, torch.tensor([0, 1, 2, 0]).as_subclass(CountingSyncs))
+    assert CountingSyncs.syncs == 1
     with pytest.raises(ValueError, match=r"labels must lie in \[0, 2\], got values in \[-1, 3\]"):
         logit_margin(logits, torch.tensor([0, -1, 3, 0]))
