@@ -79,7 +79,7 @@ def stack_one_hidden_layer(
     ]
 
 
-def _check_params(params: object, x: object, *, with_output_bias: bool) -> tuple[Tensor, ...]:
+def _check_params(params: object, x: object, *, with_output_bias: bool, finite: bool = True) -> tuple[Tensor, ...]:
     wanted = "(W1, b1, W2, b2)" if with_output_bias else "(W1, b1, W2) or (W1, b1, W2, b2)"
     if not isinstance(params, Sequence) or len(params) not in ((4,) if with_output_bias else (3, 4)):
         got = type(params).__name__ if not isinstance(params, Sequence) else f"{len(params)} tensors"
@@ -87,7 +87,7 @@ def _check_params(params: object, x: object, *, with_output_bias: bool) -> tuple
     W1 = check_tensor(params[0], "params[0] (W1)", ndim=3, finite=False)
     b1 = check_tensor(params[1], "params[1] (b1)", ndim=2, finite=False)
     W2 = check_tensor(params[2], "params[2] (W2)", ndim=3, finite=False)
-    x = check_tensor(x, "x", ndim=3)
+    x = check_tensor(x, "x", ndim=3, finite=finite)
     M, h, d = W1.shape
     if b1.shape != (M, h):
         raise ValueError(f"params[1] (b1) must have shape {(M, h)} to match W1 {tuple(W1.shape)}, got {tuple(b1.shape)}")
@@ -157,13 +157,20 @@ def one_hidden_layer_penalty(
         ValueError: on mismatched shapes, a non-finite ``x``, a ``noise_std`` not of shape
             :math:`(M,)`, negative or not finite, or a generator on another device type.
     """
-    W1, b1, W2, x = _check_params(params, x, with_output_bias=False)[:4]
+    W1, b1, W2, x = _check_params(params, x, with_output_bias=False, finite=noise_std is None)[:4]
     if noise_std is not None:
-        noise_std = check_tensor(noise_std, "noise_std", ndim=1)
+        noise_std = check_tensor(noise_std, "noise_std", ndim=1, finite=False)
         if noise_std.shape[0] != W1.shape[0]:
             raise ValueError(f"noise_std must have shape (M={W1.shape[0]},), one value per network, "
                              f"got {tuple(noise_std.shape)}")
-        if bool((noise_std < 0).any()):
+        # the three value checks in one read-back: this runs at every training step
+        flags = torch.stack([~x.isfinite().all(), ~noise_std.isfinite().all(), (noise_std < 0).any()])
+        x_bad, std_bad, negative = flags.tolist()
+        if x_bad:
+            raise ValueError("x must be finite, but it holds NaN or infinite entries")
+        if std_bad:
+            raise ValueError("noise_std must be finite, but it holds NaN or infinite entries")
+        if negative:
             raise ValueError("noise_std must hold standard deviations >= 0, got a negative entry")
         check_generator(generator, x.device)
         x = x + noise_std.view(-1, 1, 1) * standard_noise(x.shape, generator, dtype=x.dtype, device=x.device)

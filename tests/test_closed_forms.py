@@ -16,7 +16,7 @@ from gni_lib.closed_forms import (
 )
 from gni_lib.models import MLP
 from gni_lib.penalties import jacobian_penalty
-from _shared import DEVICES, one_thread, seeded_generator as _generator  # noqa: F401 (one_thread: autouse)
+from _shared import DEVICES, CountingSyncs, one_thread, seeded_generator as _generator  # noqa: F401 (one_thread: autouse)
 
 
 def _nets(count: int = 3, widths=(5, 7, 4), device: str = "cpu"):
@@ -137,3 +137,18 @@ def test_a_wrong_bias_shape_is_named():
     params[1] = params[1][:, :3]
     with pytest.raises(ValueError, match="b1"):
         one_hidden_layer_penalty(params, _inputs())
+
+
+def test_noisy_penalty_reads_its_checks_back_once():
+    """One host read-back per call (it runs at every training step): x, noise_std checked together."""
+    params = stack_one_hidden_layer(_nets())
+    x, noise_std = _inputs().as_subclass(CountingSyncs), torch.full((3,), 0.3, dtype=torch.float64)
+    CountingSyncs.syncs = 0
+    one_hidden_layer_penalty(params, x, noise_std.as_subclass(CountingSyncs), _generator(1))
+    assert CountingSyncs.syncs == 1
+    with pytest.raises(ValueError, match="x must be finite"):
+        one_hidden_layer_penalty(params, _inputs() * math.nan, noise_std)
+    with pytest.raises(ValueError, match="noise_std must be finite"):
+        one_hidden_layer_penalty(params, _inputs(), noise_std * math.inf)
+    with pytest.raises(ValueError, match="noise_std must hold standard deviations >= 0"):
+        one_hidden_layer_penalty(params, _inputs(), -noise_std)
