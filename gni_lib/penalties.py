@@ -74,7 +74,7 @@ def _check_input(x: object) -> Tensor:
 
 
 def _vjp_rows(model: Callable[[Tensor], Tensor], x: Tensor, cotangents: Callable[[Tensor], Tensor]) -> Tensor:
-    """(c, N, d_in): the rows :math:`v^\top J_F(x_n)` for the cotangents ``cotangents(output)``, (c, N, d_out)."""
+    r"""(c, N, d_in): the rows :math:`v^\top J_F(x_n)` for the cotangents ``cotangents(output)``, (c, N, d_out)."""
     output, vjp_fn = torch.func.vjp(model, x)
     _check_output(output, x)
     (rows,) = torch.func.vmap(vjp_fn)(cotangents(output))
@@ -253,19 +253,10 @@ def input_hessian_norm(model: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
     vmapped over the batch), as the oracle for that claim: :math:`d_\text{out} d_\text{in}`
     products per example, for the book's small networks. The model must act on each
     example separately and draw no random numbers (``eval()`` mode). Differentiable
-    with respect to the parameters.
-
-    Args:
-        model: maps :math:`(B, d_\text{in})` to :math:`(B, d_\text{out})`.
-        x: the inputs, shape :math:`(B, d_\text{in})`, finite, floating point.
+    with respect to the parameters. Args and raises as :func:`per_example_jacobians`.
 
     Returns:
         Tensor: a scalar on ``x``'s device and dtype.
-
-    Raises:
-        TypeError: if ``model`` is not callable or ``x`` is not a tensor.
-        ValueError: if ``x`` is not a finite 2-D floating tensor, or the model's
-            output is not of shape :math:`(B, d_\text{out})`.
     """
     x = _check_model_and_input(model, x)
     hessians = torch.func.vmap(_input_hessian(_per_example(model, x)))(x)
