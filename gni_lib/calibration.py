@@ -133,14 +133,8 @@ def confidence_bins(confidence: Tensor, bins: int = 10) -> Tensor:
             :math:`[0, 1]`, or ``bins < 1``.
     """
     bins = check_int(bins, "bins")
-    if not isinstance(confidence, Tensor):
-        raise TypeError(f"confidence must be a torch.Tensor of shape (n,), got {type(confidence).__name__}")
-    if confidence.ndim != 1 or not confidence.is_floating_point():
-        raise ValueError(
-            f"confidence must be a 1-D floating tensor, got shape {tuple(confidence.shape)} "
-            f"and dtype {confidence.dtype}"
-        )
-    if not bool(((confidence >= 0) & (confidence <= 1)).all()):
+    confidence = check_tensor(confidence, "confidence", ndim=1, finite=False)
+    if not bool(((confidence >= 0) & (confidence <= 1)).all()):  # NaN fails this too
         raise ValueError("confidence must hold values in [0, 1]")
     edges = torch.arange(bins + 1, dtype=confidence.dtype, device=confidence.device) / bins
     # bucketize(right=False) returns i with edges[i-1] < c <= edges[i]; over the inner edges this is
