@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from ._checks import check_choice, check_input, check_int, check_target
 from .jacobians import check_calls, check_model, run_model
 from .losses import LOSSES, per_example_loss  # noqa: F401 (the chapters import per_example_loss from here)
-from .noise import replace_site_outputs
+from .noise import replace_site_outputs, standard_noise
 from .seeding import check_generator
 
 __all__ = ["noisy_loss_gap", "per_example_loss"]
@@ -60,8 +60,8 @@ def noisy_loss_gap(
     **Draw order.** The noise comes from ``generator``; the sites' own generators are
     untouched. Draws are stacked along the batch axis, chunks of about
     ``ROWS_PER_CHUNK`` rows per forward pass: for each chunk of :math:`n` draws (pairs),
-    for each site in forward order, ``torch.empty((n * B, *site_shape)).normal_(generator=generator)``
-    (the numbers of ``torch.randn``); draw :math:`s` is rows :math:`sB, \dots, sB + B - 1`.
+    for each site in forward order, :func:`gni_lib.noise.standard_noise` of shape
+    ``(n * B, *site_shape)`` (``torch.randn``); draw :math:`s` is rows :math:`sB, \dots, sB + B - 1`.
     Each chunk also runs the clean batch and takes :math:`L` from it, so that
     :math:`\tilde L - L` uses the same kernels (this matters in float32 at small :math:`\sigma`).
 
@@ -130,8 +130,7 @@ def noisy_loss_gap(
                         f"it must be batch first, (B, ...) with B = {rows * batch} here"
                     )
                 # rows: n draws with +z, then (antithetic) n with -z, then the clean batch
-                drawn = torch.empty((n * batch, *h.shape[1:]), device=h.device, dtype=h.dtype)
-                drawn.normal_(generator=generator)
+                drawn = standard_noise((n * batch, *h.shape[1:]), generator, dtype=h.dtype, device=h.device)
                 out = torch.empty_like(h)
                 signs = (1.0, -1.0) if antithetic else (1.0,)
                 for i, sign in enumerate(signs):

@@ -36,6 +36,7 @@ from torch import Tensor
 
 from ._checks import check_choice, check_positive_int, check_real
 from .jacobians import output_basis
+from .noise import standard_noise
 from .seeding import check_generator
 
 __all__ = [
@@ -192,7 +193,7 @@ def jacobian_penalty(
         inputs = x
         count = batch
     else:
-        eps = torch.randn((samples, batch, d_in), generator=generator, device=x.device, dtype=x.dtype)
+        eps = standard_noise((samples, batch, d_in), generator, dtype=x.dtype, device=x.device)
         inputs = (x.unsqueeze(0) + noise_std * eps).reshape(samples * batch, d_in)
         count = samples * batch
     if method == "hutchinson":
@@ -207,8 +208,8 @@ def _hutchinson_squared_norm(
     """Sum over rows of the probe-mean of ||v^T J||^2, Rademacher v over the outputs."""
 
     def probe(output: Tensor) -> Tensor:
-        signs = torch.randint(0, 2, (probes, *output.shape), generator=generator, device=inputs.device)
-        return (2 * signs - 1).to(output.dtype)
+        shape = (probes, *output.shape)
+        return standard_noise(shape, generator, dtype=output.dtype, device=inputs.device, distribution="rademacher")
 
     return _vjp_rows(model, inputs, probe).pow(2).sum() / probes
 

@@ -38,7 +38,7 @@ from torch import Tensor, nn
 from ._checks import check_choice, check_input, check_int, check_target
 from .jacobians import check_model, output_basis, site_pass, site_products
 from .losses import LOSSES, ce_hessian_diag_root, ce_hessian_root, per_example_loss
-from .noise import noise_sites, replace_site_outputs
+from .noise import noise_sites, replace_site_outputs, standard_noise
 from .seeding import check_generator
 
 __all__ = ["explicit_regularizer", "functional_regularizer", "second_order_term", "REGULARIZER_METHODS"]
@@ -54,8 +54,8 @@ def _cotangent_rows(
     (or the diagonal of :math:`H_L` for ``"diag"``), so that :math:`\operatorname{Tr}(J^\top H_L J) = \mathbb E\lVert C J \rVert_F^2`."""
     if method == "hutchinson":
         shape = (output.shape[0], probes, output.shape[1])
-        signs = torch.randint(0, 2, shape, generator=generator, device=output.device)
-        v = (2 * signs - 1).to(output.dtype) / math.sqrt(probes)
+        v = standard_noise(shape, generator, dtype=output.dtype, device=output.device, distribution="rademacher")
+        v = v / math.sqrt(probes)
         return v if loss == "mse" else v @ ce_hessian_root(output)
     if loss == "mse":
         return output_basis(output)
