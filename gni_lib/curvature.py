@@ -25,9 +25,9 @@ the backward recursion
     H_{a_M} = \nabla^2_{a_M} L, \qquad
     H_{z_m} = \operatorname{diag}(\phi_m') H_{a_m} \operatorname{diag}(\phi_m')
         + \operatorname{diag}\Bigl(\frac{\partial L}{\partial a_m} \odot \phi_m''\Bigr),
-    \qquad H_{a_{m-1}} = W_m^\top H_{z_m} W_m :
+    \qquad H_{a_{m-1}} = W_m^\top H_{z_m} W_m,
 
-about two :math:`d \times d \times d` products per example and hidden layer, batched.
+at a cost of about two :math:`d \times d \times d` products per example and hidden layer, batched.
 The Gauss-Newton trace drops the :math:`\phi''` terms; then
 :math:`H_{z_m}^{\mathrm{GGN}} = U_m^\top U_m` with :math:`U_m` the :math:`d_L`
 output-basis vector-Jacobian products times the root of :math:`H_L`, at about the cost of :math:`R`.
