@@ -37,7 +37,7 @@ from torch.func import functional_call, grad_and_value, stack_module_state, vmap
 
 from ._checks import check_choice, check_flag, check_real, check_values
 from .losses import ce_hessian_root, get_loss, per_example_loss
-from .models import MLPPass, MLPStructure, elementwise, mlp_structure, mlp_weights
+from .models import MLPPass, MLPStructure, elementwise, mlp_backward, mlp_structure, mlp_weights
 from .noise import GaussianNoise, noise_sites, replace_site_outputs
 from .optim import _adam_update, _check_sigma, _draw_rows, anti_pgd_update, gd_update, perturb, pgd_update
 from .regularisers import functional_regularizer
@@ -112,25 +112,20 @@ def _stacked_regularizer(
     structure: MLPStructure, params: Mapping[str, Tensor], clean: MLPPass, loss: str, sites: _Sites
 ) -> Tensor:
     r"""Per-model :math:`R_m = \frac{1}{2B} \sum_{b,k} \lVert C_{m,b} J_{m,k}(x_b) \operatorname{diag}(s_{m,k,b})
-    \rVert_F^2` (Camuto et al. 2020, eq. 9), (M,): the recursion of :func:`gni_lib.models.mlp_backward`,
-    one ``bmm`` per layer, on the ``clean`` :func:`_stacked_forward` with derivatives."""
+    \rVert_F^2` (Camuto et al. 2020, eq. 9), (M,): :func:`gni_lib.models.mlp_backward` on stacked
+    weights, one batched product per layer, on the ``clean`` :func:`_stacked_forward` with derivatives."""
     output = clean.output
     count, batch, d_out = output.shape
     if loss == "mse":
         g = torch.eye(d_out, dtype=output.dtype, device=output.device).expand(count, batch, d_out, d_out)
     else:
         g = ce_hessian_root(output)
-    rows = g.shape[2]
     weights = [w for w, _ in mlp_weights(structure, params)]
     site_of = {structure.site_layers[k]: k for k in sites.active}
+    grads = mlp_backward(weights, clean.first, g, stop=min(site_of, default=len(weights)))
     total = output.new_zeros(count)
-    for m in range(len(weights) - 1, min(site_of, default=len(weights)) - 1, -1):
-        if clean.first[m] is not None:
-            g = g * clean.first[m].unsqueeze(2)
-        g = torch.bmm(g.reshape(count, batch * rows, -1), weights[m]).reshape(count, batch, rows, -1)
-        k = site_of.get(m)
-        if k is None:
-            continue
+    for m in sorted(site_of, reverse=True):
+        k, g = site_of[m], grads[m]
         sigma = sites.sigmas[:, k]
         if sites.modes[k] == "multiplicative":  # columns times sigma_k h_k (eq. 6)
             total = total + (g * (sigma.view(count, 1, 1) * clean.inputs[m]).unsqueeze(2)).pow(2).sum(dim=(1, 2, 3))

@@ -346,7 +346,9 @@ def mlp_backward(
     One matrix product per layer, no autograd; composes with :func:`torch.func.vmap`.
 
     Args:
-        weights: :math:`W_m`, shape :math:`(d_m, d_{m-1})`, for each linear layer.
+        weights: :math:`W_m`, shape :math:`(d_m, d_{m-1})`, for each linear layer; or
+            :math:`(M, d_m, d_{m-1})` for :math:`M` stacked models, with a leading :math:`M`
+            on ``first`` and ``g`` too (one batched product per layer).
         first: :math:`\phi_m'(z_m)`, shape :math:`(B, d_m)` (``None``: identity).
         g: the cotangent rows on the output, :math:`(B, c, d_L)`.
         stop: the first layer whose input cotangent is wanted.
@@ -359,7 +361,8 @@ def mlp_backward(
     for m in range(len(weights) - 1, stop - 1, -1):
         if first[m] is not None:
             g = g * first[m].unsqueeze(-2)  # with respect to z_m
-        g = (g.reshape(-1, g.shape[-1]) @ weights[m]).view(*g.shape[:-1], -1)  # wrt a_{m-1}; one
-        # matrix product over all rows, also under vmap (where g @ W is one per example)
+        # wrt a_{m-1}: one matrix product over all rows (per model for stacked weights), also under
+        # vmap, where g @ W would be one product per example
+        g = (g.reshape(*weights[m].shape[:-2], -1, g.shape[-1]) @ weights[m]).view(*g.shape[:-1], -1)
         grads[m] = g
     return grads

@@ -259,3 +259,10 @@ def test_mlp_forward_and_backward_match_autograd_and_vmap():
         torch.testing.assert_close(jacobians[i], expected)
         own = mlp_forward(mlp_structure(net), x)
         torch.testing.assert_close(own.output, outputs[i])  # vmap: round-off only
+    # stacked weights with a leading model axis: one batched product per layer, no vmap
+    forward = [mlp_forward(structure, x, {k: v[i] for k, v in params.items()}) for i in range(3)]
+    weights = [w for w, _ in mlp_weights(structure, params)]
+    first = [None if forward[0].first[m] is None else torch.stack([f.first[m] for f in forward])
+             for m in range(len(weights))]
+    stacked = mlp_backward(weights, first, torch.eye(2, dtype=x.dtype).expand(3, 6, 2, 2))[0]
+    torch.testing.assert_close(stacked, jacobians)
