@@ -199,7 +199,7 @@ def noise_taylor_terms(
     Raises:
         TypeError, ValueError: as :func:`noisy_output`, or if ``order`` is not an int :math:`\ge 0`.
     """
-    order = check_int(order, "order", 0)
+    order = check_int(order, "order", 0, expected="a non-negative int")
     output, x = _prepare(model, x, noises, mode)
     zero = torch.zeros((), dtype=x.dtype, device=x.device)
     derivatives = _ray_derivatives(output, order)(zero)

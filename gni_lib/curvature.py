@@ -275,9 +275,10 @@ def hessian_trace(
     - ``"ggn"``: the Gauss-Newton trace
       :math:`\frac1B \sum_b \operatorname{Tr}(J_{\theta,b}^\top H_{L,b} J_{\theta,b})`,
       :math:`J_{\theta,b} = \partial h_L(x_b) / \partial \theta`: the exact trace
-      without the terms with second derivatives of the network. It is positive
-      semi-definite for both losses (:math:`H_L = I` or
-      :math:`\operatorname{diag}(p) - pp^\top`). Standard error 0.
+      without the terms with second derivatives of the network. The Gauss-Newton matrix
+      is positive semi-definite for both losses (:math:`H_L = I` or
+      :math:`\operatorname{diag}(p) - pp^\top`), so this trace is :math:`\ge 0` (the
+      dropped term is indefinite). Standard error 0.
     - ``"hutchinson"``: the mean of :math:`v^\top \nabla^2_\theta L\, v` over
       ``probes`` Rademacher vectors, standard error :math:`\operatorname{std}/\sqrt{\text{probes}}`
       (a fixed probe count, never a tolerance). On a plain MLP whose linear layers hold

@@ -6,7 +6,8 @@ small tanh MLP with some twenty points fits the trend and also the noise, so tha
 regularisation has something to do; :func:`grid_1d` gives points to plot a fit on.
 
 The later chapters' problems, each with its loss and, where it has a closed form,
-the trace of its Hessian (the quantity noise injection penalises): the widening
+the trace of its Hessian (the quantity noise injection penalises; for the diagonal
+network, stated in :func:`diagonal_network_loss`'s docstring): the widening
 valley of Orvieto et al. (2022), Thm. 3.1; sparse regression with
 :math:`\beta = w \odot w` (Orvieto et al. 2022, Sec. 4) or :math:`\beta = u \odot v`
 (Orvieto et al. 2023); the sum of sines of Rahaman et al. (2019); and
@@ -323,7 +324,7 @@ def quadratic_sparse_regression(
 
         x_{ij} \sim \mathcal N(0, 1), \qquad
         \beta^\star_j = 1 \ (j \in S), \ 0 \text{ otherwise}, \quad |S| = k, \qquad
-        y = x \beta^\star + s \eta, \quad \eta \sim \mathcal N(0, I_n).
+        y = x \beta^\star + s \eta, \quad \eta \sim \mathcal N(0, I_n),
 
     with :math:`n, d \ge 1`, :math:`0 \le k \le d` and :math:`s` = ``noise_std``
     :math:`\ge 0` (0 gives an exact fit); ``seed``, ``dtype``, ``device`` as

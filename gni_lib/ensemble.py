@@ -13,7 +13,7 @@ one flat :math:`(M, P)` tensor and steps them all at once with the pure updates 
 each model with its own :math:`\eta_m`, :math:`\sigma_m` and generators. The
 gradients come from :func:`torch.func.vmap` over :func:`torch.func.grad`, or, for a
 plain MLP (:func:`gni_lib.models.mlp_structure`), from the MLP core run with batched
-matmuls (``torch.baddbmm``; 1.4-1.6x faster than ``vmap``, ``benchmarks/RESULTS.md``).
+matmuls (``torch.baddbmm``; 1.3-2x faster than ``vmap`` in ``benchmarks/RESULTS.md``).
 Noise, in the optimiser or at the noise sites (Camuto et al. 2020), is drawn row by
 row from each model's generator as :func:`gni_lib.train.train` draws it, and the
 penalty :math:`R` is :func:`gni_lib.regularisers.explicit_regularizer` batched over
@@ -182,10 +182,12 @@ def _check_models(models: object, allow_noise: bool = False) -> list[nn.Module]:
 
 
 def _check_generators(
-    value: object, count: int, name: str, device: torch.device | None = None, needed_when: str | None = None
+    value: object, count: int, name: str, device: torch.device | None = None, needed_when: str | None = None,
+    shared_ok: bool = False,
 ) -> list[torch.Generator] | None:
     """``count`` torch.Generators, one per model; with ``device``, distinct and on it. ``None`` is
-    refused when ``needed_when`` (the condition, for the message) is given."""
+    refused when ``needed_when`` (the condition, for the message) is given; ``shared_ok``: the
+    messages say that one shared generator is accepted too (the caller takes that case)."""
     if value is None:
         if needed_when:
             raise ValueError(
@@ -194,9 +196,11 @@ def _check_generators(
             )
         return None
     if not isinstance(value, Sequence) or isinstance(value, (str, bytes)):
-        raise TypeError(f"{name} must be a sequence of {count} torch.Generators, got {type(value).__name__}")
+        kinds = "None, a torch.Generator or a sequence of them" if shared_ok else f"a sequence of {count} torch.Generators"
+        raise TypeError(f"{name} must be {kinds}, got {type(value).__name__}")
     if len(value) != count:
-        raise ValueError(f"{name} must have one generator per model ({count}), got {len(value)}")
+        kinds = "be one generator (shared batches) or one per model" if shared_ok else "have one generator per model"
+        raise ValueError(f"{name} must {kinds} ({count}), got {len(value)}")
     for m, g in enumerate(value):
         if not isinstance(g, torch.Generator):
             raise TypeError(f"{name}[{m}] must be a torch.Generator, got {type(g).__name__}")
@@ -588,7 +592,9 @@ def train_ensemble(
       x_batch, loss=loss)``, batched over the models (one ``bmm`` per layer on the
       fast path, ``vmap`` over :func:`~gni_lib.regularisers.functional_regularizer` else);
     - a callable ``penalty(model, x_batch) -> scalar``: a loop over the models, each
-      loaded with its current parameters, in ``eval()`` mode (noise off).
+      loaded with its current parameters, in ``eval()`` mode (noise off; unlike
+      :func:`~gni_lib.train.train` with ``inject_noise=True``, where a penalty that runs
+      the model sees noise).
 
     The penalty is taken on the step's batch where the loss is (the perturbed weights
     for ``"perturbed_gd"``), and recorded unweighted on the whole training set in
@@ -647,7 +653,7 @@ def train_ensemble(
     full_batch = run.batch_size in (None, run.x.shape[0])
     batch_generators = batch_generator
     if not full_batch and not (batch_generator is None or isinstance(batch_generator, torch.Generator)):
-        batch_generators = _check_generators(batch_generator, count, "batch_generator")  # an order per model
+        batch_generators = _check_generators(batch_generator, count, "batch_generator", shared_ok=True)
     # The library losses validate the targets once, on model 0's outputs (shapes,
     # dtypes, class range); the vectorised loss used below does no data-dependent checks.
     with torch.no_grad():

@@ -163,7 +163,8 @@ def stack_mlps(models: Sequence[nn.Sequential]) -> tuple[list[Tensor], list[Tens
 
     Raises:
         TypeError: if an entry of ``models`` is not an ``nn.Sequential``.
-        ValueError: if ``models`` is empty, not all ReLU MLPs with biases, or of different widths.
+        ValueError: if ``models`` is empty, not all ReLU MLPs with biases, or of different
+            architectures (widths or depth).
     """
     layers = _linear_layers(models)
     weights = [torch.stack([lin.weight.detach() for lin in layer]).requires_grad_() for layer in layers]

@@ -178,7 +178,7 @@ def site_products(
         P_k[b] = C_b\, J_k(x_b), \qquad J_k = \frac{\partial h_L}{\partial h_k},
 
     with the cotangent rows :math:`C` = ``rows(output)``, a function of the clean output
-    (the identity gives the :math:`J_k`; the root of the loss Hessian gives :math:`R`).
+    (the identity gives the :math:`J_k`; the root of the loss Hessian gives the factors of :math:`R`).
     The MLP route when every site feeds a linear layer of a plain MLP, else the generic
     one (module docstring). ``params`` replace the model's parameters, as in
     :func:`torch.func.functional_call` (``None``: its own). No data-dependent checks, so

@@ -347,14 +347,15 @@ def mlp_backward(
 
     Args:
         weights: :math:`W_m`, shape :math:`(d_m, d_{m-1})`, for each linear layer; or
-            :math:`(M, d_m, d_{m-1})` for :math:`M` stacked models, with a leading :math:`M`
+            :math:`(S, d_m, d_{m-1})` for :math:`S` stacked models, with a leading :math:`S`
             on ``first`` and ``g`` too (one batched product per layer).
         first: :math:`\phi_m'(z_m)`, shape :math:`(B, d_m)` (``None``: identity).
         g: the cotangent rows on the output, :math:`(B, c, d_L)`.
         stop: the first layer whose input cotangent is wanted.
 
     Returns:
-        list: entry ``m`` is :math:`G_{m-1}`, shape :math:`(B, c, d_{m-1})`, for
+        list: entry ``m`` is :math:`G_{m-1}`, shape :math:`(B, c, d_{m-1})` (:math:`(S, B, c,
+        d_{m-1})` when stacked), for
         ``m >= stop``; ``None`` below.
     """
     grads: list[Tensor | None] = [None] * len(weights)

@@ -58,6 +58,9 @@ def standard_noise(
     ``generator`` (``None``: torch's global one) must draw on ``device``, which the
     callers check with their own messages.
 
+    Returns:
+        Tensor: :math:`z`, of shape ``shape`` (an int: a flat draw), dtype ``dtype``, on ``device``.
+
     Raises:
         ValueError: if ``distribution`` is not one of :data:`NOISE_DISTRIBUTIONS`.
     """

@@ -171,7 +171,8 @@ def gd_update(params: Params, grads: Params, lr: float | Tensor) -> dict[str, Te
         params: :math:`w`, tensors by name.
         grads: :math:`g = \nabla L(\cdot)`, the same keys and shapes.
         lr: :math:`\eta`, a number or a tensor that broadcasts against every tensor
-            (e.g. an :math:`(M, 1)` column of per-model step sizes).
+            (e.g. an :math:`(M, 1)` column against flat :math:`(M, P)` rows, or under
+            :func:`torch.func.vmap` a per-model tensor mapped to a scalar).
 
     Raises:
         TypeError, ValueError: if the dicts are not dicts of tensors with the same

@@ -20,10 +20,10 @@ book/12-noise-inside-regulariser.md),
         + \sum_{k,i} J_{ki}\, \partial_i \Delta F_k \Bigr) + O(\sigma^4),
 
 with the Hessian term :func:`input_hessian_norm` and the third-derivative cross term
-:func:`jacobian_laplacian_cross`. All routes run the model once on the batch and
-need examples that do not interact: example :math:`b`'s output depends on
-:math:`x_b` only, so one vector-Jacobian product with the same cotangent on every
-example gives one row of every example's Jacobian.
+:func:`jacobian_laplacian_cross`. All routes need examples that do not interact:
+example :math:`b`'s output depends on :math:`x_b` only, so the Jacobian routes run the
+model once and get row :math:`i` of every example's Jacobian from one vector-Jacobian
+product with the cotangent :math:`e_i` on every example.
 """
 
 from __future__ import annotations

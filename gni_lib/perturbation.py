@@ -268,7 +268,8 @@ def perturbed_gradient_variance(
     zero elsewhere; the gradient is over *all* parameters. Each trace is estimated from
     :math:`S` draws as :math:`\frac{1}{S-1}\sum_s \lVert g_s - \bar g \rVert^2`, with the standard
     error of the mean of the per-draw terms (the :math:`O(1/S)` error of :math:`\bar g` is
-    ignored); the :math:`G` layer-wise estimates are averaged, their errors added in quadrature.
+    ignored); the :math:`G` layer-wise estimates are averaged, their standard errors added in quadrature
+    and divided by :math:`G`.
 
     Args:
         loss_fn: maps a dict of tensors shaped like ``params`` to a scalar loss; a pure tensor

@@ -12,8 +12,8 @@ lecture 05, book/05-explicit-regulariser.md) gives
 
 :math:`J_k` the layer Jacobians (:mod:`gni_lib.jacobians`), :math:`H_L` the Hessian
 of the per-example loss in the output (:mod:`gni_lib.losses`). Multiplicative noise
-:math:`h_k (1 + \sigma_k z)` is additive noise of standard deviation
-:math:`\sigma_k h_k` (eq. 6), so it enters as :math:`J_k \operatorname{diag}(\sigma_k h_k)`.
+:math:`h_k (1 + \sigma_k z)` is additive noise of variance
+:math:`\sigma_k^2 h_k^2` (eq. 6), so it enters as :math:`J_k \operatorname{diag}(\sigma_k h_k)`.
 
 :math:`R` is only the Gauss-Newton part of the order-:math:`\sigma^2` term of the gap,
 
@@ -165,8 +165,9 @@ def explicit_regularizer(
       :math:`-\sum_{i \ne j} p_i p_j \langle J_{k,i}, J_{k,j} \rangle` (eq. 13 prints the
       diagonal as :math:`p_i (1 - p_j)`; :math:`p_i(1 - p_i)` is meant). For measuring how
       far eq. 14 is from eq. 9.
-    - ``"hutchinson"``: unbiased, rows :math:`v_n^\top M^\top / \sqrt N` with :math:`M = I`
-      (MSE) or the CE root, :math:`N` = ``probes`` Rademacher :math:`v_n \in \{\pm 1\}^{d_L}` per
+    - ``"hutchinson"``: unbiased, rows :math:`v_n^\top M / \sqrt N` with :math:`M = I`
+      (MSE) or the root :math:`C` of :func:`gni_lib.losses.ce_hessian_root` (CE),
+      :math:`M^\top M = H_L`, :math:`N` = ``probes`` Rademacher :math:`v_n \in \{\pm 1\}^{d_L}` per
       example: :math:`N` vector-Jacobian products instead of :math:`d_L`. For a fixed draw
       the estimate is smooth in the parameters, so its gradient is unbiased for
       :math:`\nabla_\theta R`. Draws ``2 * torch.randint(0, 2, (B, probes, d_L),

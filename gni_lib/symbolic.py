@@ -181,8 +181,10 @@ def gaussian_moment(power: int, sigma: sympy.Expr) -> sympy.Expr:
 def _isserlis(k: tuple[int, ...], covariance: sympy.Matrix, cache: dict) -> sympy.Expr:
     r"""E[z^k], z ~ N(0, C), pairing one z_i (first i with k_i > 0) with the other copies m_j = k_j - [i = j]:
     E[z^k] = sum_j C_ij m_j E[z^{k - e_i - e_j}]."""
-    if sum(k) % 2 or not any(k):
-        return sympy.S.Zero if sum(k) % 2 else sympy.S.One
+    if sum(k) % 2:
+        return sympy.S.Zero
+    if not any(k):
+        return sympy.S.One
     if k not in cache:
         i = next(index for index, k_i in enumerate(k) if k_i)
         m = k[:i] + (k[i] - 1,) + k[i + 1 :]

@@ -350,7 +350,7 @@ def train(
     (:math:`r` = ``record_every``), in ``eval()`` mode: the clean losses on the
     training and test sets (and, for ``"ce"``, the accuracies), the unweighted
     penalty :math:`P(F_\theta, x)` on the whole training set (autograd on, then
-    detached), then ``fn(model)`` for each ``record_extra`` entry, stored in
+    detached), then ``fn(model)`` for each ``record_extra`` entry (autograd on), stored in
     ``history.extra[name]``. A penalty or extra that draws random numbers draws them
     when recording too. **On return the model is in** ``eval()`` **mode**, also
     when an error stops training.
@@ -386,7 +386,8 @@ def train(
     Raises:
         TypeError: on an argument of the wrong type.
         ValueError: on a bad value, naming the argument (``steps``, ``lr``,
-            ``penalty_weight``, ``loss``, ``optimizer``, mismatched or half-given
+            ``penalty_weight``, ``loss``, ``optimizer`` (also an instance holding tensors
+            that are not the model's parameters), mismatched or half-given
             data, ``record_every``, ``batch_size``, targets that do not suit the loss).
         FloatingPointError: if the objective becomes NaN or infinite; the message
             names the update, which is not applied. (The noisy optimisers refuse a

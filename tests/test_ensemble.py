@@ -262,8 +262,9 @@ def _call(**overrides):
         (dict(method="pgd", sigma=0.1), ValueError, "generators"),
         (dict(method="pgd", sigma=0.1, generators=_gens(0, 2)), ValueError, "generators"),
         (dict(method="pgd", sigma=0.1, generators=[1, 2, 3]), TypeError, r"generators\[0\]"),
-        (dict(batch_size=4, batch_generator=_gens(0, 2)), ValueError, "batch_generator"),
-        (dict(batch_size=4, batch_generator="g"), TypeError, "batch_generator"),
+        # The messages say that one shared generator is accepted too.
+        (dict(batch_size=4, batch_generator=_gens(0, 2)), ValueError, r"batch_generator must be one generator \(shared"),
+        (dict(batch_size=4, batch_generator="g"), TypeError, "batch_generator must be None, a torch.Generator or"),
         (dict(batch_size=11), ValueError, "batch_size"),
         (dict(y=torch.zeros(9, 4, dtype=torch.float64)), ValueError, "y"),
         (dict(loss="ce"), ValueError, "target"),
